@@ -1,0 +1,357 @@
+//! The configuration contract (see DESIGN.md): serde structures, loading
+//! from TOML with `PONTE_…` environment overrides, and `validate()`, which
+//! rejects a file that cannot run, naming the key and the reason.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use time::OffsetDateTime;
+
+use crate::error::ConfigError;
+use crate::route::MailboxState;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub state: StateConfig,
+    #[serde(default)]
+    pub spool: SpoolConfig,
+    #[serde(default)]
+    pub admin: Option<AdminConfig>,
+    #[serde(default)]
+    pub tls: TlsConfig,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub listener: Vec<ListenerConfig>,
+    #[serde(default)]
+    pub backend: BTreeMap<String, BackendConfig>,
+    #[serde(default)]
+    pub domain: BTreeMap<String, DomainConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateConfig {
+    /// Directory of the embedded durable store.
+    pub path: PathBuf,
+    /// `address,state` rows imported when the store holds no mailbox yet.
+    #[serde(default)]
+    pub seed: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpoolConfig {
+    pub path: PathBuf,
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        SpoolConfig {
+            path: PathBuf::from("var/spool"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    pub bind: SocketAddr,
+    pub token_file: PathBuf,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Chosen by SNI; the first one is the default.
+    #[serde(default)]
+    pub certificate: Vec<CertificateConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateConfig {
+    pub names: Vec<String>,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Bounds on what one client may cost.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Everything before a successful login (greeting, TLS, auth).
+    #[serde(with = "humantime_serde")]
+    pub preauth_timeout: Duration,
+    /// Inactivity in both directions after login. RFC 9051 §5.4: at least 30 minutes.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// TCP connect, TLS and greeting of a backend, each.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Time a backend has to answer the login.
+    #[serde(with = "humantime_serde")]
+    pub login_timeout: Duration,
+    /// How long open sessions may go on after a shutdown signal.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// Longest command line accepted before login, literals included.
+    pub max_preauth_bytes: u32,
+    /// Concurrent client connections, all listeners together.
+    pub max_connections: usize,
+    /// Failed logins in one connection before it is closed.
+    pub max_auth_failures: u32,
+    /// Pause before answering a login for an unknown domain, as a backend
+    /// pauses before a wrong password, so that probes learn nothing.
+    #[serde(with = "humantime_serde")]
+    pub auth_failure_delay: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            preauth_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(31 * 60),
+            connect_timeout: Duration::from_secs(5),
+            login_timeout: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(10),
+            max_preauth_bytes: 16 * 1024,
+            max_connections: 20_000,
+            max_auth_failures: 3,
+            auth_failure_delay: Duration::from_secs(2),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Imap,
+    Pop3,
+    Submission,
+    Smtp,
+}
+
+impl Protocol {
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Imap => "imap",
+            Protocol::Pop3 => "pop3",
+            Protocol::Submission => "submission",
+            Protocol::Smtp => "smtp",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    #[default]
+    None,
+    Starttls,
+    Implicit,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum View {
+    #[default]
+    Live,
+    Tempmail,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    pub name: String,
+    pub protocol: Protocol,
+    pub bind: SocketAddr,
+    #[serde(default)]
+    pub tls: TlsMode,
+    #[serde(default)]
+    pub view: View,
+    /// Domain appended to logins given without `@domain`.
+    #[serde(default)]
+    pub default_domain: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendConfig {
+    /// `imap://host:port` or `imaps://host:port`.
+    #[serde(default)]
+    pub imap: Option<String>,
+    #[serde(default)]
+    pub pop3: Option<String>,
+    #[serde(default)]
+    pub submission: Option<String>,
+    #[serde(default)]
+    pub inbound: Option<String>,
+    /// Upgrade `imap://`, `pop3://` and `smtp://` endpoints with STARTTLS.
+    #[serde(default)]
+    pub starttls: bool,
+    /// CA bundle that backend certificates are verified against; system roots otherwise.
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DomainConfig {
+    pub state: MailboxState,
+    #[serde(default = "default_legacy")]
+    pub legacy: String,
+    #[serde(default = "default_new")]
+    pub new: String,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub tempmail_until: Option<OffsetDateTime>,
+    #[serde(default)]
+    pub notice: Option<String>,
+}
+
+fn default_legacy() -> String {
+    "legacy".into()
+}
+
+fn default_new() -> String {
+    "new".into()
+}
+
+impl Config {
+    /// Reads the file, applies `PONTE_…` overrides (`PONTE_STATE__PATH`,
+    /// `PONTE_LIMITS__IDLE_TIMEOUT`, …) and validates the result.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let source = config::File::from(path).format(config::FileFormat::Toml);
+        Self::build(source)
+    }
+
+    /// Same as [`Config::load`] from a TOML text (tests, embedded defaults).
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        Self::build(config::File::from_str(text, config::FileFormat::Toml))
+    }
+
+    fn build<S>(source: S) -> Result<Config, ConfigError>
+    where
+        S: config::Source + Send + Sync + 'static,
+    {
+        let env = config::Environment::with_prefix("PONTE")
+            .prefix_separator("_")
+            .separator("__")
+            .try_parsing(true);
+        let cfg: Config = config::Config::builder()
+            .add_source(source)
+            .add_source(env)
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .map_err(|e| ConfigError::Load(e.to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Cross-checks that serde cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_listeners()?;
+        self.validate_backends()?;
+        self.validate_domains()?;
+        if self.limits.idle_timeout < Duration::from_secs(60) {
+            return Err(ConfigError::invalid(
+                "limits.idle_timeout",
+                "must be at least 60s (RFC 9051 asks for 30 minutes)",
+            ));
+        }
+        if self.limits.max_preauth_bytes < 1024 {
+            return Err(ConfigError::invalid(
+                "limits.max_preauth_bytes",
+                "must be at least 1024",
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_listeners(&self) -> Result<(), ConfigError> {
+        let mut names = HashSet::new();
+        for (i, l) in self.listener.iter().enumerate() {
+            let key = |field: &str| format!("listener[{i}].{field}");
+            if !names.insert(l.name.as_str()) {
+                return Err(ConfigError::invalid(key("name"), "duplicate listener name"));
+            }
+            if l.tls != TlsMode::None && self.tls.certificate.is_empty() {
+                return Err(ConfigError::invalid(
+                    key("tls"),
+                    "TLS needs at least one [[tls.certificate]]",
+                ));
+            }
+            if l.protocol != Protocol::Imap {
+                return Err(ConfigError::invalid(
+                    key("protocol"),
+                    format!("{} is not served by this build yet", l.protocol.name()),
+                ));
+            }
+            if l.view == View::Tempmail {
+                return Err(ConfigError::invalid(
+                    key("view"),
+                    "tempmail is not served by this build yet",
+                ));
+            }
+            if let Some(d) = &l.default_domain {
+                if !self.domain.contains_key(&d.to_ascii_lowercase()) {
+                    return Err(ConfigError::invalid(
+                        key("default_domain"),
+                        format!("{d} is not a configured [domain]"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_backends(&self) -> Result<(), ConfigError> {
+        for (name, b) in &self.backend {
+            if let Some(url) = &b.imap {
+                let key = format!("backend.{name}.imap");
+                let ep = crate::net::backend::Endpoint::parse(url, b.starttls)
+                    .map_err(|reason| ConfigError::invalid(key.clone(), reason))?;
+                if !ep.is_protected() && !ep.is_loopback() {
+                    return Err(ConfigError::invalid(
+                        key,
+                        "credentials would cross the network in clear text: use imaps:// or starttls = true",
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_domains(&self) -> Result<(), ConfigError> {
+        for (name, d) in &self.domain {
+            if name.chars().any(|c| c.is_ascii_uppercase()) {
+                return Err(ConfigError::invalid(
+                    format!("domain.{name}"),
+                    "domain names are written in lower case",
+                ));
+            }
+            for (field, backend) in [("legacy", &d.legacy), ("new", &d.new)] {
+                let key = format!("domain.{name}.{field}");
+                let Some(b) = self.backend.get(backend) else {
+                    return Err(ConfigError::invalid(
+                        key,
+                        format!("no [backend.{backend}]"),
+                    ));
+                };
+                let serves_imap = self.listener.iter().any(|l| l.protocol == Protocol::Imap);
+                if serves_imap && b.imap.is_none() {
+                    return Err(ConfigError::invalid(
+                        format!("backend.{backend}.imap"),
+                        format!("missing, and domain {name} routes IMAP to it"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,118 @@
+//! The accept loop of one listener. It only accepts, takes a connection
+//! permit, opens the session span and spawns; the TLS handshake and all
+//! protocol work happen inside the session task, under its timeouts.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn, Instrument};
+
+use super::stream::Stream;
+use crate::config::{ListenerConfig, TlsMode};
+use crate::proto;
+use crate::server::{ConnInfo, Ctx};
+
+pub struct Listener {
+    pub tcp: TcpListener,
+    pub cfg: Arc<ListenerConfig>,
+    pub ctx: Arc<Ctx>,
+    pub permits: Arc<Semaphore>,
+    pub sessions: TaskTracker,
+    pub stop: CancellationToken,
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+impl Listener {
+    pub async fn accept_loop(self) {
+        loop {
+            let (tcp, peer) = tokio::select! {
+                biased;
+                _ = self.stop.cancelled() => break,
+                r = self.tcp.accept() => match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        // Out of descriptors or memory: back off instead of spinning.
+                        warn!(listener = %self.cfg.name, error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+            };
+            let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+                self.sessions.spawn(refuse_over_limit(tcp, self.cfg.clone()));
+                continue;
+            };
+            let conn = ConnInfo {
+                id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+                peer,
+                local: tcp.local_addr().unwrap_or(peer),
+                listener: self.cfg.clone(),
+            };
+            let span = tracing::info_span!(
+                "session", id = conn.id, listener = %self.cfg.name, peer = %peer,
+                mailbox = tracing::field::Empty, route = tracing::field::Empty,
+            );
+            let ctx = self.ctx.clone();
+            self.sessions.spawn(handle(tcp, conn, ctx, permit).instrument(span));
+        }
+    }
+}
+
+/// One connection from accept to close.
+async fn handle(tcp: TcpStream, conn: ConnInfo, ctx: Arc<Ctx>, _permit: OwnedSemaphorePermit) {
+    let started = Instant::now();
+    let _ = tcp.set_nodelay(true);
+    let session = async {
+        let stream = match open(tcp, &conn, &ctx).await {
+            Ok(s) => s,
+            Err(reason) => {
+                debug!(%reason, "connection dropped before the protocol started");
+                return;
+            }
+        };
+        let outcome = proto::serve(stream, &conn, &ctx).await;
+        info!(outcome = ?outcome, secs = started.elapsed().as_secs_f32(), "session closed");
+    };
+    // After the grace period, bridges say goodbye on their own; anything
+    // else still running (pre-auth) is dropped a little later.
+    let stopped = async {
+        ctx.hard_stop.cancelled().await;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    };
+    tokio::select! {
+        _ = session => {}
+        _ = stopped => debug!("session dropped at shutdown"),
+    }
+}
+
+/// Implicit TLS handshake (inside the task, under the pre-auth timeout).
+async fn open(tcp: TcpStream, conn: &ConnInfo, ctx: &Ctx) -> Result<Stream, String> {
+    if conn.listener.tls != TlsMode::Implicit {
+        return Ok(Stream::Plain(tcp));
+    }
+    let config = ctx.tls.clone().ok_or("no TLS certificate configured")?;
+    let accept = TlsAcceptor::from(config).accept(tcp);
+    match tokio::time::timeout(ctx.config.limits.preauth_timeout, accept).await {
+        Ok(Ok(s)) => Ok(Stream::Server(Box::new(s))),
+        Ok(Err(e)) => Err(format!("TLS handshake: {e}")),
+        Err(_) => Err("TLS handshake timed out".into()),
+    }
+}
+
+/// Over the connection limit: say so where the protocol can be spoken in
+/// clear text, then close.
+async fn refuse_over_limit(mut tcp: TcpStream, cfg: Arc<ListenerConfig>) {
+    debug!(peer = ?tcp.peer_addr().ok(), "connection limit reached");
+    if cfg.tls != TlsMode::Implicit {
+        let bye = proto::over_limit_reply(cfg.protocol);
+        let _ = tokio::time::timeout(Duration::from_secs(1), tcp.write_all(bye)).await;
+    }
+}

@@ -1,0 +1,8 @@
+//! Transport: listeners, TLS, the stream type, backend connections and the
+//! byte bridge.
+
+pub mod backend;
+pub mod bridge;
+pub mod listener;
+pub mod stream;
+pub mod tls;

@@ -1,0 +1,398 @@
+//! The IMAP server side up to authentication (RFC 9051 / RFC 3501 not
+//! authenticated state): greeting, CAPABILITY, NOOP, ID, STARTTLS, LOGIN,
+//! AUTHENTICATE PLAIN/LOGIN (with SASL-IR), LOGOUT. Every client message is
+//! framed and parsed with imap-codec; the whole phase runs under one
+//! deadline and one byte budget. It yields login attempts; the session
+//! decides whether they succeed.
+
+use std::sync::Arc;
+
+use base64::Engine;
+use imap_codec::fragmentizer::DecodeMessageError;
+use imap_codec::imap_types::auth::{AuthMechanism, AuthenticateData};
+use imap_codec::imap_types::command::CommandBody;
+use imap_codec::imap_types::core::LiteralMode;
+use imap_codec::{AuthenticateDataCodec, CommandCodec};
+use tokio::io::AsyncWriteExt;
+use tokio::time::Instant;
+use tokio_rustls::rustls::ServerConfig;
+use tokio_rustls::TlsAcceptor;
+
+use super::framer::{Frame, Framer};
+use crate::config::TlsMode;
+use crate::net::stream::Stream;
+use crate::proto::sasl::{self, Mechanism};
+use crate::secret::Credentials;
+
+/// Why the pre-auth phase ended without a login.
+#[derive(Debug, thiserror::Error)]
+pub enum FrontError {
+    #[error("client closed the connection")]
+    Closed,
+    #[error("pre-auth timeout")]
+    Timeout,
+    #[error("pre-auth byte budget exceeded")]
+    TooMuch,
+    #[error("TLS handshake: {0}")]
+    Tls(std::io::Error),
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A login the client asked for, with the tag to answer it under.
+#[derive(Debug)]
+pub struct Attempt {
+    pub tag: String,
+    pub creds: Credentials,
+}
+
+/// What one client message led to.
+enum Step {
+    Continue,
+    Login(Attempt),
+    Logout,
+}
+
+/// How the listener wants TLS handled.
+pub struct TlsPolicy {
+    pub mode: TlsMode,
+    pub config: Option<Arc<ServerConfig>>,
+}
+
+pub struct Front {
+    stream: Option<Stream>,
+    framer: Framer,
+    tls: TlsPolicy,
+    deadline: Instant,
+    budget: usize,
+    /// The client's own `ID` fields, passed on to the backend.
+    pub client_id: Vec<(String, String)>,
+}
+
+const MAX_ID_FIELDS: usize = 30;
+const MAX_ID_VALUE: usize = 1024;
+
+impl Front {
+    pub fn new(stream: Stream, tls: TlsPolicy, deadline: Instant, max_message: u32) -> Front {
+        Front {
+            stream: Some(stream),
+            framer: Framer::new(max_message),
+            tls,
+            deadline,
+            // Room for a handful of commands at the size limit, no more.
+            budget: max_message as usize * 4,
+            client_id: Vec::new(),
+        }
+    }
+
+    /// Only a failed STARTTLS handshake leaves the front without a stream,
+    /// and that ends the session.
+    fn stream(&mut self) -> Result<&mut Stream, FrontError> {
+        self.stream.as_mut().ok_or(FrontError::Closed)
+    }
+
+    fn is_tls(&self) -> bool {
+        self.stream.as_ref().is_some_and(Stream::is_tls)
+    }
+
+    /// Plain-text credentials are refused until STARTTLS on a listener that
+    /// requires it (LOGINDISABLED, RFC 9051 §6.2.3).
+    fn login_disabled(&self) -> bool {
+        self.tls.mode == TlsMode::Starttls && !self.is_tls()
+    }
+
+    fn capabilities(&self) -> String {
+        let mut caps = String::from("IMAP4rev1 SASL-IR ID");
+        if self.tls.mode == TlsMode::Starttls && !self.is_tls() {
+            caps.push_str(" STARTTLS LOGINDISABLED");
+        } else {
+            caps.push_str(" AUTH=PLAIN AUTH=LOGIN");
+        }
+        caps
+    }
+
+    pub async fn greet(&mut self) -> Result<(), FrontError> {
+        let greeting = format!("* OK [CAPABILITY {}] ponte ready.\r\n", self.capabilities());
+        self.write(greeting.as_bytes()).await
+    }
+
+    pub async fn write(&mut self, bytes: &[u8]) -> Result<(), FrontError> {
+        let deadline = self.deadline;
+        let stream = self.stream()?;
+        match tokio::time::timeout_at(deadline, async {
+            stream.write_all(bytes).await?;
+            stream.flush().await
+        })
+        .await
+        {
+            Ok(r) => Ok(r?),
+            Err(_) => Err(FrontError::Timeout),
+        }
+    }
+
+    /// Serves commands until the client asks to log in (`Some`) or leaves
+    /// (`None`).
+    pub async fn next_login(&mut self) -> Result<Option<Attempt>, FrontError> {
+        loop {
+            self.read_message().await?;
+            match self.handle_message().await? {
+                Step::Continue => {}
+                Step::Login(a) => return Ok(Some(a)),
+                Step::Logout => return Ok(None),
+            }
+        }
+    }
+
+    /// Gives back the stream and whatever the client pipelined after its
+    /// login command.
+    pub fn into_parts(self) -> Option<(Stream, Vec<u8>)> {
+        let rest = self.framer.into_rest();
+        Some((self.stream?, rest))
+    }
+
+    /// Reads until one whole message is framed, answering literal
+    /// announcements on the way.
+    async fn read_message(&mut self) -> Result<(), FrontError> {
+        loop {
+            match self.framer.next_frame() {
+                Some(Frame::Message) => return Ok(()),
+                Some(Frame::Literal { mode, length }) => self.on_literal(mode, length).await?,
+                None => self.fill().await?,
+            }
+        }
+    }
+
+    async fn fill(&mut self) -> Result<(), FrontError> {
+        if self.framer.pending() > self.budget {
+            self.write(b"* BYE Too much data before login.\r\n").await?;
+            return Err(FrontError::TooMuch);
+        }
+        let deadline = self.deadline;
+        let Some(stream) = self.stream.as_mut() else {
+            return Err(FrontError::Closed);
+        };
+        let framer = &mut self.framer;
+        let n = match tokio::time::timeout_at(deadline, framer.fill(stream)).await {
+            Ok(r) => r?,
+            Err(_) => {
+                let _ = self.write(b"* BYE Autologout; idle for too long.\r\n").await;
+                return Err(FrontError::Timeout);
+            }
+        };
+        if n == 0 {
+            return Err(FrontError::Closed);
+        }
+        self.budget = self.budget.saturating_sub(n);
+        if self.budget == 0 {
+            self.write(b"* BYE Too much data before login.\r\n").await?;
+            return Err(FrontError::TooMuch);
+        }
+        Ok(())
+    }
+
+    async fn on_literal(&mut self, mode: LiteralMode, length: u32) -> Result<(), FrontError> {
+        if length <= self.framer.max() {
+            if mode == LiteralMode::Sync {
+                self.write(b"+ Ready for literal data\r\n").await?;
+            }
+            return Ok(());
+        }
+        match mode {
+            // Not invited, so never sent: refuse and go on (RFC 7888 §4).
+            LiteralMode::Sync => {
+                let tag = self.framer.tag().unwrap_or_else(|| "*".into());
+                self.framer.skip_message();
+                self.write(format!("{tag} BAD [TOOBIG] Literal too large.\r\n").as_bytes())
+                    .await
+            }
+            // Already on its way: not worth reading before login.
+            LiteralMode::NonSync => {
+                self.write(b"* BYE [TOOBIG] Literal too large.\r\n").await?;
+                Err(FrontError::TooMuch)
+            }
+        }
+    }
+
+    async fn handle_message(&mut self) -> Result<Step, FrontError> {
+        if self.framer.is_too_long() {
+            self.write(b"* BYE Line too long.\r\n").await?;
+            return Err(FrontError::TooMuch);
+        }
+        let parsed = match self.framer.decode(&CommandCodec::default()) {
+            Ok(cmd) => Ok((cmd.tag.as_ref().to_string(), cmd.body)),
+            Err(DecodeMessageError::DecodingRemainder { message, .. }) => {
+                Err(Some(message.tag.as_ref().to_string()))
+            }
+            Err(_) => Err(self.framer.tag()),
+        };
+        let (tag, body) = match parsed {
+            Ok(ok) => ok,
+            Err(tag) => {
+                let tag = tag.unwrap_or_else(|| "*".into());
+                self.write(format!("{tag} BAD Syntax error.\r\n").as_bytes()).await?;
+                return Ok(Step::Continue);
+            }
+        };
+        match body {
+            CommandBody::Capability => {
+                let caps = self.capabilities();
+                self.reply(format!("* CAPABILITY {caps}\r\n{tag} OK Capability completed.\r\n"))
+                    .await
+            }
+            CommandBody::Noop => self.reply(format!("{tag} OK NOOP completed.\r\n")).await,
+            CommandBody::Logout => {
+                self.write(format!("* BYE Logging out.\r\n{tag} OK Logout completed.\r\n").as_bytes())
+                    .await?;
+                Ok(Step::Logout)
+            }
+            CommandBody::Id { parameters } => {
+                self.client_id = parameters
+                    .unwrap_or_default()
+                    .iter()
+                    .take(MAX_ID_FIELDS)
+                    .filter_map(|(k, v)| id_field(k.as_ref(), v.0.as_ref().map(|v| v.as_ref())))
+                    .collect();
+                self.reply(format!("* ID (\"name\" \"ponte\")\r\n{tag} OK ID completed.\r\n"))
+                    .await
+            }
+            CommandBody::StartTLS => self.starttls(tag).await,
+            CommandBody::Login { username, password } => {
+                let creds = sasl::credentials(username.as_ref(), password.declassify().as_ref());
+                self.login(tag, creds.map_err(|_| ())).await
+            }
+            CommandBody::Authenticate {
+                mechanism,
+                initial_response,
+            } => {
+                let ir = initial_response.map(|s| s.declassify().to_vec());
+                let mech = match mechanism {
+                    AuthMechanism::Plain => Some(Mechanism::Plain),
+                    AuthMechanism::Login => Some(Mechanism::Login),
+                    _ => None,
+                };
+                self.authenticate(tag, mech, ir).await
+            }
+            _ => {
+                self.reply(format!("{tag} BAD Command not valid before login.\r\n"))
+                    .await
+            }
+        }
+    }
+
+    async fn reply(&mut self, text: String) -> Result<Step, FrontError> {
+        self.write(text.as_bytes()).await?;
+        Ok(Step::Continue)
+    }
+
+    async fn login(&mut self, tag: String, creds: Result<Credentials, ()>) -> Result<Step, FrontError> {
+        if self.login_disabled() {
+            return self
+                .reply(format!("{tag} NO [PRIVACYREQUIRED] Use STARTTLS first.\r\n"))
+                .await;
+        }
+        match creds {
+            Ok(creds) => Ok(Step::Login(Attempt { tag, creds })),
+            Err(()) => {
+                self.reply(format!("{tag} NO [AUTHENTICATIONFAILED] Authentication failed.\r\n"))
+                    .await
+            }
+        }
+    }
+
+    async fn starttls(&mut self, tag: String) -> Result<Step, FrontError> {
+        let config = match (&self.tls.config, self.tls.mode, self.is_tls()) {
+            (Some(c), TlsMode::Starttls, false) => c.clone(),
+            _ => return self.reply(format!("{tag} BAD STARTTLS not available.\r\n")).await,
+        };
+        self.write(format!("{tag} OK Begin TLS negotiation now.\r\n").as_bytes())
+            .await?;
+        // Anything pipelined behind STARTTLS came in clear text and may have
+        // been injected: drop it with the old framer (RFC 9051 §6.2.1).
+        self.framer = Framer::new(self.framer.max());
+        let tcp = self
+            .stream
+            .take()
+            .and_then(Stream::into_plain)
+            .ok_or(FrontError::Closed)?;
+        let accept = TlsAcceptor::from(config).accept(tcp);
+        match tokio::time::timeout_at(self.deadline, accept).await {
+            Ok(Ok(tls)) => {
+                self.stream = Some(Stream::Server(Box::new(tls)));
+                Ok(Step::Continue)
+            }
+            Ok(Err(e)) => Err(FrontError::Tls(e)),
+            Err(_) => Err(FrontError::Timeout),
+        }
+    }
+
+    async fn authenticate(
+        &mut self,
+        tag: String,
+        mech: Option<Mechanism>,
+        ir: Option<Vec<u8>>,
+    ) -> Result<Step, FrontError> {
+        let Some(mech) = mech else {
+            return self
+                .reply(format!("{tag} NO Unsupported authentication mechanism.\r\n"))
+                .await;
+        };
+        if self.login_disabled() {
+            return self
+                .reply(format!("{tag} NO [PRIVACYREQUIRED] Use STARTTLS first.\r\n"))
+                .await;
+        }
+        let creds = match mech {
+            Mechanism::Plain => {
+                let Some(data) = self.sasl_step(ir, "").await? else {
+                    return self.cancelled(tag).await;
+                };
+                sasl::decode_plain(&data).map_err(|_| ())
+            }
+            Mechanism::Login => {
+                let Some(user) = self.sasl_step(ir, "VXNlcm5hbWU6").await? else {
+                    return self.cancelled(tag).await;
+                };
+                let Some(pass) = self.sasl_step(None, "UGFzc3dvcmQ6").await? else {
+                    return self.cancelled(tag).await;
+                };
+                sasl::credentials(&user, &pass).map_err(|_| ())
+            }
+        };
+        self.login(tag, creds).await
+    }
+
+    async fn cancelled(&mut self, tag: String) -> Result<Step, FrontError> {
+        self.reply(format!("{tag} BAD Authentication canceled.\r\n")).await
+    }
+
+    /// One SASL round: the initial response if the client sent one, else a
+    /// `+ challenge` and the client's next line. `None` when the client
+    /// cancels with `*` or sends something that is not base64.
+    async fn sasl_step(&mut self, ir: Option<Vec<u8>>, challenge: &str) -> Result<Option<Vec<u8>>, FrontError> {
+        if let Some(data) = ir {
+            return Ok(Some(data));
+        }
+        self.write(format!("+ {challenge}\r\n").as_bytes()).await?;
+        self.read_message().await?;
+        Ok(match self.framer.decode(&AuthenticateDataCodec::default()) {
+            Ok(AuthenticateData::Continue(data)) => Some(data.declassify().to_vec()),
+            Ok(AuthenticateData::Cancel) | Err(_) => None,
+        })
+    }
+}
+
+/// Keeps an `ID` field the backend may see, bounded in size. The client
+/// cannot set the `x-*` fields ponte uses to forward its address.
+fn id_field(key: &[u8], value: Option<&[u8]>) -> Option<(String, String)> {
+    let key = std::str::from_utf8(key).ok()?.to_ascii_lowercase();
+    let value = std::str::from_utf8(value?).ok()?;
+    if key.starts_with("x-") || key.len() > 64 || value.len() > MAX_ID_VALUE {
+        return None;
+    }
+    Some((key, value.to_string()))
+}
+
+/// Base64 of a SASL response, for the backend.
+pub fn b64(data: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(data)
+}

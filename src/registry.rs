@@ -1,0 +1,164 @@
+//! Live sessions after login: which mailbox, which route, and a handle to
+//! close each one, so that a route change can send its clients to the new
+//! route (`* BYE [ALERT] …`) instead of leaving them on the old one.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use dashmap::DashMap;
+use tokio_util::sync::CancellationToken;
+
+/// One live session.
+#[derive(Debug)]
+pub struct Entry {
+    pub id: u64,
+    pub address: String,
+    pub domain: String,
+    pub route: String,
+    pub listener: String,
+    pub peer: SocketAddr,
+    pub since: SystemTime,
+    kick: CancellationToken,
+    reason: Mutex<Option<String>>,
+}
+
+impl Entry {
+    /// Resolves when the session is told to close.
+    pub async fn kicked(&self) {
+        self.kick.cancelled().await
+    }
+
+    pub fn kick_token(&self) -> &CancellationToken {
+        &self.kick
+    }
+
+    /// The text to give the client when kicked.
+    pub fn reason(&self) -> Option<String> {
+        self.reason.lock().map(|r| r.clone()).unwrap_or(None)
+    }
+
+    fn kick(&self, reason: &str) {
+        if let Ok(mut r) = self.reason.lock() {
+            r.get_or_insert_with(|| reason.to_string());
+        }
+        self.kick.cancel();
+    }
+}
+
+/// What a session tells the registry about itself.
+pub struct Info {
+    pub address: String,
+    pub domain: String,
+    pub route: String,
+    pub listener: String,
+    pub peer: SocketAddr,
+}
+
+#[derive(Default)]
+pub struct Registry {
+    next: AtomicU64,
+    sessions: DashMap<u64, Arc<Entry>>,
+}
+
+/// Keeps a session listed; dropping it removes the entry.
+pub struct Registration {
+    registry: Arc<Registry>,
+    pub entry: Arc<Entry>,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.registry.sessions.remove(&self.entry.id);
+    }
+}
+
+impl Registry {
+    pub fn new() -> Arc<Registry> {
+        Arc::new(Registry::default())
+    }
+
+    pub fn register(self: &Arc<Self>, info: Info) -> Registration {
+        let id = self.next.fetch_add(1, Ordering::Relaxed) + 1;
+        let entry = Arc::new(Entry {
+            id,
+            address: info.address,
+            domain: info.domain,
+            route: info.route,
+            listener: info.listener,
+            peer: info.peer,
+            since: SystemTime::now(),
+            kick: CancellationToken::new(),
+            reason: Mutex::new(None),
+        });
+        self.sessions.insert(id, entry.clone());
+        Registration {
+            registry: self.clone(),
+            entry,
+        }
+    }
+
+    /// Closes every session of one mailbox; returns how many.
+    pub fn kick_mailbox(&self, address: &str, reason: &str) -> usize {
+        self.kick_where(|e| e.address == address, reason)
+    }
+
+    /// Closes every session of a domain's mailboxes; returns how many.
+    pub fn kick_domain(&self, domain: &str, reason: &str) -> usize {
+        self.kick_where(|e| e.domain == domain, reason)
+    }
+
+    fn kick_where(&self, pred: impl Fn(&Entry) -> bool, reason: &str) -> usize {
+        let mut n = 0;
+        for e in self.sessions.iter() {
+            if pred(e.value()) {
+                e.value().kick(reason);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    pub fn list(&self) -> Vec<Arc<Entry>> {
+        let mut v: Vec<_> = self.sessions.iter().map(|e| e.value().clone()).collect();
+        v.sort_by_key(|e| e.id);
+        v
+    }
+
+    pub fn len(&self) -> usize {
+        self.sessions.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sessions.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(address: &str) -> Info {
+        Info {
+            address: address.into(),
+            domain: address.rsplit_once('@').unwrap().1.into(),
+            route: "legacy".into(),
+            listener: "imap".into(),
+            peer: "127.0.0.1:1".parse().unwrap(),
+        }
+    }
+
+    #[tokio::test]
+    async fn kick_reaches_only_matching_sessions_and_drop_unlists() {
+        let r = Registry::new();
+        let a = r.register(info("a@x.example"));
+        let b = r.register(info("b@y.example"));
+        assert_eq!(r.kick_domain("x.example", "moved"), 1);
+        a.entry.kicked().await;
+        assert_eq!(a.entry.reason().as_deref(), Some("moved"));
+        assert!(!b.entry.kick_token().is_cancelled());
+        drop(a);
+        assert_eq!(r.len(), 1);
+    }
+}

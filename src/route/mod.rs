@@ -1,0 +1,229 @@
+//! The router: a login name → the mailbox's state → which backend serves it
+//! and how. Fails closed: a store error is a temporary failure, never a
+//! fall-back to some default backend (wrong for a migration).
+
+mod seed;
+mod state;
+pub mod store;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+pub use seed::{import_seed, parse_mailbox_csv, SeedError};
+pub use state::MailboxState;
+pub use store::{DomainRecord, MailboxRecord, RedbStore, StateStore};
+
+use crate::config::DomainConfig;
+use crate::error::StoreError;
+
+/// Where a login goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// Full address, lower case.
+    pub address: String,
+    pub domain: String,
+    pub state: MailboxState,
+    pub target: Target,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// Proxy the session to this backend, unchanged.
+    Live { backend: String },
+    /// Refuse the login with a temporary error (cut-over in progress).
+    Unavailable { notice: String },
+    /// Refuse the login for good (the mailbox is not served any more).
+    Refused { notice: String },
+}
+
+impl Target {
+    /// The backend name, for logs and the session registry.
+    pub fn label(&self) -> &str {
+        match self {
+            Target::Live { backend } => backend,
+            Target::Unavailable { .. } => "unavailable",
+            Target::Refused { .. } => "refused",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RouteError {
+    /// Not a managed domain (or no domain and no default): authentication fails.
+    #[error("unknown domain")]
+    UnknownDomain,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Resolves logins against the configured domains and the state store.
+pub struct Router {
+    store: Arc<dyn StateStore>,
+    domains: BTreeMap<String, DomainConfig>,
+}
+
+impl Router {
+    /// Brings the store's domain states in line with the configuration:
+    /// states the configuration set follow the file, states an admin set win.
+    pub fn new(
+        store: Arc<dyn StateStore>,
+        domains: BTreeMap<String, DomainConfig>,
+    ) -> Result<Router, StoreError> {
+        for (name, d) in &domains {
+            match store.domain(name)? {
+                Some(rec) if rec.set_by != "config" => {
+                    if rec.state != d.state {
+                        tracing::warn!(
+                            domain = %name, configured = %d.state, current = %rec.state,
+                            set_by = %rec.set_by, "domain state set by an admin overrides the file"
+                        );
+                    }
+                }
+                Some(rec) if rec.state == d.state => {}
+                _ => {
+                    let rec = DomainRecord {
+                        state: d.state,
+                        set_by: "config".into(),
+                        updated: now_unix(),
+                    };
+                    store.put_domain(name, &rec)?;
+                }
+            }
+        }
+        Ok(Router { store, domains })
+    }
+
+    pub fn store(&self) -> &Arc<dyn StateStore> {
+        &self.store
+    }
+
+    /// Normalizes a login (`User@Dom` → `user@dom`, bare local part + default
+    /// domain) and decides where it goes.
+    pub fn resolve(&self, login: &str, default_domain: Option<&str>) -> Result<Route, RouteError> {
+        let address = normalize(login, default_domain).ok_or(RouteError::UnknownDomain)?;
+        let (_, domain) = address.rsplit_once('@').ok_or(RouteError::UnknownDomain)?;
+        let cfg = self.domains.get(domain).ok_or(RouteError::UnknownDomain)?;
+        let state = match self.store.mailbox(&address)? {
+            Some(m) => m.state,
+            None => self.store.domain(domain)?.map_or(cfg.state, |d| d.state),
+        };
+        let target = target_for(state, cfg);
+        Ok(Route {
+            domain: domain.to_string(),
+            address,
+            state,
+            target,
+        })
+    }
+}
+
+fn target_for(state: MailboxState, cfg: &DomainConfig) -> Target {
+    let notice = |default: &str| cfg.notice.clone().unwrap_or_else(|| default.to_string());
+    match state {
+        MailboxState::Legacy => Target::Live {
+            backend: cfg.legacy.clone(),
+        },
+        MailboxState::Migrated => Target::Live {
+            backend: cfg.new.clone(),
+        },
+        MailboxState::Blackout => Target::Unavailable {
+            notice: notice("This mailbox is being moved to a new provider; try again later."),
+        },
+        MailboxState::Excluded => Target::Refused {
+            notice: notice("This mailbox is no longer served here."),
+        },
+    }
+}
+
+/// Lower-cases a login and completes a bare local part with the default
+/// domain. `None` when there is no usable domain.
+pub fn normalize(login: &str, default_domain: Option<&str>) -> Option<String> {
+    let login = login.trim().to_lowercase();
+    if login.is_empty() || login.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return None;
+    }
+    match login.rsplit_once('@') {
+        Some((local, domain)) if !local.is_empty() && !domain.is_empty() => Some(login),
+        Some(_) => None,
+        None => default_domain.map(|d| format!("{login}@{}", d.to_ascii_lowercase())),
+    }
+}
+
+pub(crate) fn now_unix() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn domain(state: MailboxState) -> DomainConfig {
+        DomainConfig {
+            state,
+            legacy: "legacy".into(),
+            new: "new".into(),
+            tempmail_until: None,
+            notice: None,
+        }
+    }
+
+    fn router(dir: &std::path::Path, state: MailboxState) -> Router {
+        let store = RedbStore::open(dir).unwrap();
+        let domains = BTreeMap::from([("pec.example".to_string(), domain(state))]);
+        Router::new(store, domains).unwrap()
+    }
+
+    #[test]
+    fn mailbox_override_beats_domain_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = router(dir.path(), MailboxState::Legacy);
+        let rec = MailboxRecord {
+            state: MailboxState::Migrated,
+            set_by: "t".into(),
+            updated: 0,
+        };
+        r.store()
+            .put_mailboxes(&[("bob@pec.example".into(), rec)])
+            .unwrap();
+        let bob = r.resolve("Bob@PEC.example", None).unwrap();
+        assert_eq!(bob.target.label(), "new");
+        let alice = r.resolve("alice", Some("pec.example")).unwrap();
+        assert_eq!(alice.address, "alice@pec.example");
+        assert_eq!(alice.target.label(), "legacy");
+    }
+
+    #[test]
+    fn unknown_domains_and_bare_names_without_default_fail() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = router(dir.path(), MailboxState::Legacy);
+        assert!(matches!(
+            r.resolve("x@other.example", None),
+            Err(RouteError::UnknownDomain)
+        ));
+        assert!(matches!(
+            r.resolve("alice", None),
+            Err(RouteError::UnknownDomain)
+        ));
+        assert!(matches!(
+            r.resolve("@pec.example", None),
+            Err(RouteError::UnknownDomain)
+        ));
+    }
+
+    #[test]
+    fn config_state_follows_the_file_but_admin_state_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(router(dir.path(), MailboxState::Legacy));
+        let r = router(dir.path(), MailboxState::Migrated);
+        assert_eq!(r.resolve("a@pec.example", None).unwrap().state, MailboxState::Migrated);
+        let admin = DomainRecord {
+            state: MailboxState::Blackout,
+            set_by: "admin".into(),
+            updated: 0,
+        };
+        r.store().put_domain("pec.example", &admin).unwrap();
+        drop(r);
+        let r = router(dir.path(), MailboxState::Legacy);
+        assert_eq!(r.resolve("a@pec.example", None).unwrap().state, MailboxState::Blackout);
+    }
+}

@@ -1,0 +1,145 @@
+//! Mailbox lists as administrations send them: CSV rows `address,state`
+//! (an optional header row). Every bad row is reported with its line
+//! number, and nothing is applied if any row is bad.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use super::{now_unix, MailboxRecord, MailboxState, StateStore};
+use crate::config::DomainConfig;
+use crate::error::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SeedError {
+    #[error("{path}: {reason}")]
+    Read { path: String, reason: String },
+    #[error("{} bad row(s): {}", .0.len(), .0.join("; "))]
+    Rows(Vec<String>),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Parses the CSV text into mailbox records, checking every row.
+pub fn parse_mailbox_csv(
+    text: &str,
+    domains: &BTreeMap<String, DomainConfig>,
+    set_by: &str,
+) -> Result<Vec<(String, MailboxRecord)>, SeedError> {
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .trim(csv::Trim::All)
+        .comment(Some(b'#'))
+        .from_reader(text.as_bytes());
+    let mut rows = Vec::new();
+    let mut bad = Vec::new();
+    for (i, rec) in reader.records().enumerate() {
+        let rec = match rec {
+            Ok(r) => r,
+            Err(e) => {
+                bad.push(format!("row {}: {e}", i + 1));
+                continue;
+            }
+        };
+        let line = rec.position().map_or(i as u64 + 1, |p| p.line());
+        let (addr, state) = (rec.get(0).unwrap_or(""), rec.get(1).unwrap_or(""));
+        if i == 0 && addr.eq_ignore_ascii_case("address") {
+            continue;
+        }
+        match parse_row(addr, state, domains) {
+            Ok((address, state)) => rows.push((
+                address,
+                MailboxRecord {
+                    state,
+                    set_by: set_by.to_string(),
+                    updated: now_unix(),
+                },
+            )),
+            Err(reason) => bad.push(format!("line {line}: {reason}")),
+        }
+    }
+    if bad.is_empty() {
+        Ok(rows)
+    } else {
+        Err(SeedError::Rows(bad))
+    }
+}
+
+fn parse_row(
+    addr: &str,
+    state: &str,
+    domains: &BTreeMap<String, DomainConfig>,
+) -> Result<(String, MailboxState), String> {
+    let address = super::normalize(addr, None)
+        .filter(|a| a.contains('@'))
+        .ok_or_else(|| format!("{addr:?} is not an address"))?;
+    let domain = address.rsplit_once('@').map_or("", |(_, d)| d);
+    if !domains.contains_key(domain) {
+        return Err(format!("{domain} is not a configured domain"));
+    }
+    let state = state.parse::<MailboxState>()?;
+    Ok((address, state))
+}
+
+/// Imports the seed file when the store holds no mailbox yet. Returns the
+/// number of rows imported.
+pub fn import_seed(
+    store: &dyn StateStore,
+    path: &Path,
+    domains: &BTreeMap<String, DomainConfig>,
+) -> Result<usize, SeedError> {
+    if store.mailbox_count()? > 0 {
+        return Ok(0);
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| SeedError::Read {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    let rows = parse_mailbox_csv(&text, domains, "seed")?;
+    store.put_mailboxes(&rows)?;
+    Ok(rows.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn domains() -> BTreeMap<String, DomainConfig> {
+        let d = DomainConfig {
+            state: MailboxState::Legacy,
+            legacy: "legacy".into(),
+            new: "new".into(),
+            tempmail_until: None,
+            notice: None,
+        };
+        BTreeMap::from([("pec.example".to_string(), d)])
+    }
+
+    #[test]
+    fn parses_rows_with_a_header() {
+        let rows = parse_mailbox_csv(
+            "address,state\nAlice@pec.example, migrated\nbob@pec.example,legacy\n",
+            &domains(),
+            "t",
+        )
+        .unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].0, "alice@pec.example");
+        assert_eq!(rows[0].1.state, MailboxState::Migrated);
+    }
+
+    #[test]
+    fn reports_every_bad_row_with_its_line() {
+        let err = parse_mailbox_csv(
+            "address,state\nok@pec.example,legacy\nx@other.example,legacy\nnot-an-address,legacy\ny@pec.example,gone\n",
+            &domains(),
+            "t",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.starts_with("3 bad row(s)"), "{err}");
+        assert!(err.contains("line 3: other.example"), "{err}");
+        assert!(err.contains("line 4:"), "{err}");
+        assert!(err.contains("line 5: unknown state"), "{err}");
+    }
+}

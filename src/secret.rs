@@ -1,0 +1,54 @@
+//! A wrapper for credentials: its `Debug` and `Display` never show the value,
+//! so a password cannot reach a log by accident.
+
+use std::fmt;
+
+/// A value that must never be printed (passwords, SASL responses).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret<T>(T);
+
+impl<T> Secret<T> {
+    pub fn new(value: T) -> Self {
+        Secret(value)
+    }
+
+    /// The value itself, for the one place that must send it on.
+    pub fn expose(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T> fmt::Debug for Secret<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl<T> fmt::Display for Secret<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// A login as the client gave it: the user name and its password.
+#[derive(Clone, Debug)]
+pub struct Credentials {
+    pub user: String,
+    pub password: Secret<Vec<u8>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_hides_the_password() {
+        let c = Credentials {
+            user: "alice@pec.example".into(),
+            password: Secret::new(b"hunter2".to_vec()),
+        };
+        let shown = format!("{c:?} {}", c.password);
+        assert!(!shown.contains("hunter2"));
+        assert!(shown.contains("alice@pec.example"));
+    }
+}

@@ -1,0 +1,131 @@
+//! Builds the shared context (store, router, backends, TLS, registry),
+//! binds the listeners, runs them, and drains on shutdown: stop accepting,
+//! let sessions finish for the grace period, then tell the rest to go.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_rustls::rustls::ServerConfig;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::config::{Config, ListenerConfig};
+use crate::error::{ConfigError, ServerError};
+use crate::net::backend::{self, Backends};
+use crate::net::listener;
+use crate::registry::Registry;
+use crate::route::{import_seed, RedbStore, Router};
+
+/// Everything a session needs, shared by all of them.
+pub struct Ctx {
+    pub config: Config,
+    pub router: Router,
+    pub backends: Backends,
+    pub registry: Arc<Registry>,
+    pub tls: Option<Arc<ServerConfig>>,
+    /// Cancelled when the shutdown grace period is over: bridges still
+    /// open say goodbye and close.
+    pub hard_stop: CancellationToken,
+}
+
+/// One accepted connection.
+pub struct ConnInfo {
+    pub id: u64,
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+    pub listener: Arc<ListenerConfig>,
+}
+
+/// A server with its listeners bound, ready to run.
+pub struct Server {
+    ctx: Arc<Ctx>,
+    listeners: Vec<(Arc<ListenerConfig>, TcpListener)>,
+}
+
+impl Server {
+    /// Opens the store (importing the seed into an empty one), loads TLS
+    /// material and binds every listener. Any failure here is fatal.
+    pub async fn bind(config: Config) -> Result<Server, ServerError> {
+        let store = RedbStore::open(&config.state.path)?;
+        if let Some(seed) = &config.state.seed {
+            let n = import_seed(store.as_ref(), seed, &config.domain)
+                .map_err(|e| ConfigError::invalid("state.seed", e.to_string()))?;
+            if n > 0 {
+                info!(rows = n, file = %seed.display(), "imported mailbox seed");
+            }
+        }
+        let router = Router::new(store, config.domain.clone())?;
+        let backends = backend::build(&config.backend)?;
+        let tls = crate::net::tls::server_config(&config.tls.certificate)?;
+        let mut listeners = Vec::new();
+        for l in &config.listener {
+            let tcp = TcpListener::bind(l.bind).await.map_err(|source| ServerError::Bind {
+                name: l.name.clone(),
+                addr: l.bind.to_string(),
+                source,
+            })?;
+            listeners.push((Arc::new(l.clone()), tcp));
+        }
+        let ctx = Ctx {
+            config,
+            router,
+            backends,
+            registry: Registry::new(),
+            tls,
+            hard_stop: CancellationToken::new(),
+        };
+        Ok(Server {
+            ctx: Arc::new(ctx),
+            listeners,
+        })
+    }
+
+    /// Bound addresses by listener name (port 0 in the file becomes real here).
+    pub fn local_addrs(&self) -> BTreeMap<String, SocketAddr> {
+        self.listeners
+            .iter()
+            .filter_map(|(l, tcp)| Some((l.name.clone(), tcp.local_addr().ok()?)))
+            .collect()
+    }
+
+    pub fn ctx(&self) -> &Arc<Ctx> {
+        &self.ctx
+    }
+
+    /// Serves until `shutdown` is cancelled, then drains.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), ServerError> {
+        let sessions = TaskTracker::new();
+        let accept_loops = TaskTracker::new();
+        let permits = Arc::new(tokio::sync::Semaphore::new(self.ctx.config.limits.max_connections));
+        for (cfg, tcp) in self.listeners {
+            info!(listener = %cfg.name, addr = ?tcp.local_addr().ok(), protocol = cfg.protocol.name(), "listening");
+            let l = listener::Listener {
+                tcp,
+                cfg,
+                ctx: self.ctx.clone(),
+                permits: permits.clone(),
+                sessions: sessions.clone(),
+                stop: shutdown.clone(),
+            };
+            accept_loops.spawn(l.accept_loop());
+        }
+        accept_loops.close();
+        shutdown.cancelled().await;
+        accept_loops.wait().await;
+        sessions.close();
+        let grace = self.ctx.config.limits.shutdown_grace;
+        info!(sessions = sessions.len(), ?grace, "shutting down: no longer accepting");
+        if tokio::time::timeout(grace, sessions.wait()).await.is_err() {
+            self.ctx.hard_stop.cancel();
+            if tokio::time::timeout(Duration::from_secs(5), sessions.wait()).await.is_err() {
+                warn!(sessions = sessions.len(), "sessions still open after the grace period");
+            }
+        }
+        info!("stopped");
+        Ok(())
+    }
+}
