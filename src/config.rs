@@ -338,10 +338,7 @@ impl Config {
             for (field, backend) in [("legacy", &d.legacy), ("new", &d.new)] {
                 let key = format!("domain.{name}.{field}");
                 let Some(b) = self.backend.get(backend) else {
-                    return Err(ConfigError::invalid(
-                        key,
-                        format!("no [backend.{backend}]"),
-                    ));
+                    return Err(ConfigError::invalid(key, format!("no [backend.{backend}]")));
                 };
                 let serves_imap = self.listener.iter().any(|l| l.protocol == Protocol::Imap);
                 if serves_imap && b.imap.is_none() {

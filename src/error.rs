@@ -50,10 +50,7 @@ pub enum BackendError {
     #[error("backend {backend}: TLS: {source}")]
     Tls { backend: String, source: io::Error },
     #[error("backend {backend}: timed out during {step}")]
-    Timeout {
-        backend: String,
-        step: &'static str,
-    },
+    Timeout { backend: String, step: &'static str },
     #[error("backend {backend}: protocol: {reason}")]
     Protocol { backend: String, reason: String },
     #[error("backend {backend}: {source}")]

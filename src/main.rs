@@ -50,7 +50,10 @@ fn main() -> ExitCode {
 }
 
 fn serve(cfg: ponte::Config) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("ponte: cannot start the runtime: {e}");

@@ -63,11 +63,13 @@ impl Server {
         let tls = crate::net::tls::server_config(&config.tls.certificate)?;
         let mut listeners = Vec::new();
         for l in &config.listener {
-            let tcp = TcpListener::bind(l.bind).await.map_err(|source| ServerError::Bind {
-                name: l.name.clone(),
-                addr: l.bind.to_string(),
-                source,
-            })?;
+            let tcp = TcpListener::bind(l.bind)
+                .await
+                .map_err(|source| ServerError::Bind {
+                    name: l.name.clone(),
+                    addr: l.bind.to_string(),
+                    source,
+                })?;
             listeners.push((Arc::new(l.clone()), tcp));
         }
         let ctx = Ctx {
@@ -100,7 +102,9 @@ impl Server {
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), ServerError> {
         let sessions = TaskTracker::new();
         let accept_loops = TaskTracker::new();
-        let permits = Arc::new(tokio::sync::Semaphore::new(self.ctx.config.limits.max_connections));
+        let permits = Arc::new(tokio::sync::Semaphore::new(
+            self.ctx.config.limits.max_connections,
+        ));
         for (cfg, tcp) in self.listeners {
             info!(listener = %cfg.name, addr = ?tcp.local_addr().ok(), protocol = cfg.protocol.name(), "listening");
             let l = listener::Listener {
@@ -118,11 +122,21 @@ impl Server {
         accept_loops.wait().await;
         sessions.close();
         let grace = self.ctx.config.limits.shutdown_grace;
-        info!(sessions = sessions.len(), ?grace, "shutting down: no longer accepting");
+        info!(
+            sessions = sessions.len(),
+            ?grace,
+            "shutting down: no longer accepting"
+        );
         if tokio::time::timeout(grace, sessions.wait()).await.is_err() {
             self.ctx.hard_stop.cancel();
-            if tokio::time::timeout(Duration::from_secs(5), sessions.wait()).await.is_err() {
-                warn!(sessions = sessions.len(), "sessions still open after the grace period");
+            if tokio::time::timeout(Duration::from_secs(5), sessions.wait())
+                .await
+                .is_err()
+            {
+                warn!(
+                    sessions = sessions.len(),
+                    "sessions still open after the grace period"
+                );
             }
         }
         info!("stopped");

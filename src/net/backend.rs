@@ -107,7 +107,9 @@ impl Backend {
     /// TCP connect, then TLS at once if the endpoint is implicit TLS.
     pub async fn connect(&self, ep: &Endpoint, limit: Duration) -> Result<Stream, BackendError> {
         let addr = format!("{}:{}", ep.host, ep.port);
-        let tcp = match tokio::time::timeout(limit, TcpStream::connect((ep.host.as_str(), ep.port))).await {
+        let tcp = match tokio::time::timeout(limit, TcpStream::connect((ep.host.as_str(), ep.port)))
+            .await
+        {
             Ok(Ok(s)) => s,
             Ok(Err(source)) => {
                 return Err(BackendError::Connect {
@@ -129,7 +131,12 @@ impl Backend {
 
     /// The TLS handshake, verifying the certificate against the endpoint's
     /// host name (or IP address SAN for an IP host).
-    pub async fn start_tls(&self, tcp: TcpStream, ep: &Endpoint, limit: Duration) -> Result<Stream, BackendError> {
+    pub async fn start_tls(
+        &self,
+        tcp: TcpStream,
+        ep: &Endpoint,
+        limit: Duration,
+    ) -> Result<Stream, BackendError> {
         let name = ServerName::try_from(ep.host.clone()).map_err(|e| BackendError::Tls {
             backend: self.name.clone(),
             source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
@@ -174,11 +181,16 @@ mod tests {
     #[test]
     fn parses_endpoints() {
         let e = Endpoint::parse("imaps://legacy.example", false).unwrap();
-        assert_eq!((e.host.as_str(), e.port, e.implicit_tls), ("legacy.example", 993, true));
+        assert_eq!(
+            (e.host.as_str(), e.port, e.implicit_tls),
+            ("legacy.example", 993, true)
+        );
         let e = Endpoint::parse("imap://[::1]:1143", true).unwrap();
         assert_eq!((e.host.as_str(), e.port, e.starttls), ("::1", 1143, true));
         assert!(e.is_loopback() && e.is_protected());
-        assert!(!Endpoint::parse("imap://10.0.0.1", false).unwrap().is_protected());
+        assert!(!Endpoint::parse("imap://10.0.0.1", false)
+            .unwrap()
+            .is_protected());
         assert!(Endpoint::parse("ftp://x", false).is_err());
         assert!(Endpoint::parse("imap://x/INBOX", false).is_err());
     }

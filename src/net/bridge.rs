@@ -52,8 +52,14 @@ where
 {
     let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
     let end = {
-        let mut c = Counted { inner: client, n: &up };
-        let mut b = Counted { inner: backend, n: &down };
+        let mut c = Counted {
+            inner: client,
+            n: &up,
+        };
+        let mut b = Counted {
+            inner: backend,
+            n: &down,
+        };
         let copy = tokio::io::copy_bidirectional_with_sizes(&mut c, &mut b, BUF_SIZE, BUF_SIZE);
         tokio::select! {
             r = copy => match r {
@@ -92,7 +98,11 @@ struct Counted<'a, S> {
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Counted<'_, S> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let r = Pin::new(&mut *self.inner).poll_read(cx, buf);
         let read = (buf.filled().len() - before) as u64;
@@ -102,7 +112,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for Counted<'_, S> {
 }
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<'_, S> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut *self.inner).poll_write(cx, buf)
     }
 

@@ -47,7 +47,8 @@ impl Listener {
                 },
             };
             let Ok(permit) = self.permits.clone().try_acquire_owned() else {
-                self.sessions.spawn(refuse_over_limit(tcp, self.cfg.clone()));
+                self.sessions
+                    .spawn(refuse_over_limit(tcp, self.cfg.clone()));
                 continue;
             };
             let conn = ConnInfo {
@@ -61,7 +62,8 @@ impl Listener {
                 mailbox = tracing::field::Empty, route = tracing::field::Empty,
             );
             let ctx = self.ctx.clone();
-            self.sessions.spawn(handle(tcp, conn, ctx, permit).instrument(span));
+            self.sessions
+                .spawn(handle(tcp, conn, ctx, permit).instrument(span));
         }
     }
 }

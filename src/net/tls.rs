@@ -44,7 +44,9 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 
 /// Builds the server side from `[[tls.certificate]]`. `None` when no
 /// certificate is configured (then no listener may use TLS).
-pub fn server_config(certs: &[CertificateConfig]) -> Result<Option<Arc<ServerConfig>>, ConfigError> {
+pub fn server_config(
+    certs: &[CertificateConfig],
+) -> Result<Option<Arc<ServerConfig>>, ConfigError> {
     let mut by_name = HashMap::new();
     let mut default = None;
     for (i, c) in certs.iter().enumerate() {
@@ -52,7 +54,9 @@ pub fn server_config(certs: &[CertificateConfig]) -> Result<Option<Arc<ServerCon
             .map_err(|reason| ConfigError::invalid(format!("tls.certificate[{i}]"), reason))?;
         let key = Arc::new(key);
         for name in &c.names {
-            by_name.entry(name.to_ascii_lowercase()).or_insert_with(|| key.clone());
+            by_name
+                .entry(name.to_ascii_lowercase())
+                .or_insert_with(|| key.clone());
         }
         default.get_or_insert(key);
     }
@@ -76,8 +80,8 @@ fn load_certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, String> {
         return Err(format!("{}: no certificate found", cert.display()));
     }
     let der = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
-    let signing = ring::sign::any_supported_type(&der)
-        .map_err(|e| format!("{}: {e}", key.display()))?;
+    let signing =
+        ring::sign::any_supported_type(&der).map_err(|e| format!("{}: {e}", key.display()))?;
     let ck = CertifiedKey::new(chain, signing);
     ck.keys_match()
         .map_err(|e| format!("{} does not match {}: {e}", key.display(), cert.display()))?;

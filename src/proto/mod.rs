@@ -24,6 +24,8 @@ pub fn over_limit_reply(protocol: Protocol) -> &'static [u8] {
     match protocol {
         Protocol::Imap => b"* BYE [UNAVAILABLE] Too many connections, try again later.\r\n",
         Protocol::Pop3 => b"-ERR [SYS/TEMP] Too many connections, try again later.\r\n",
-        Protocol::Submission | Protocol::Smtp => b"421 4.7.0 Too many connections, try again later.\r\n",
+        Protocol::Submission | Protocol::Smtp => {
+            b"421 4.7.0 Too many connections, try again later.\r\n"
+        }
     }
 }

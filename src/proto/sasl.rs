@@ -69,10 +69,19 @@ mod tests {
         assert_eq!(c.password.expose(), b"s3cret");
         assert_eq!(encode_plain(&c).expose(), b"\0alice@pec.example\0s3cret");
         assert!(decode_plain(b"alice\0alice\0pw").is_ok());
-        assert_eq!(decode_plain(b"admin\0alice\0pw").unwrap_err(), SaslError::Authzid);
-        assert_eq!(decode_plain(b"alice\0pw").unwrap_err(), SaslError::MalformedPlain);
+        assert_eq!(
+            decode_plain(b"admin\0alice\0pw").unwrap_err(),
+            SaslError::Authzid
+        );
+        assert_eq!(
+            decode_plain(b"alice\0pw").unwrap_err(),
+            SaslError::MalformedPlain
+        );
         assert_eq!(decode_plain(b"\0\0pw").unwrap_err(), SaslError::EmptyUser);
         // A NUL inside the password is kept (splitn stops after two).
-        assert_eq!(decode_plain(b"\0a\0p\0w").unwrap().password.expose(), b"p\0w");
+        assert_eq!(
+            decode_plain(b"\0a\0p\0w").unwrap().password.expose(),
+            b"p\0w"
+        );
     }
 }

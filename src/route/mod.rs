@@ -215,7 +215,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         drop(router(dir.path(), MailboxState::Legacy));
         let r = router(dir.path(), MailboxState::Migrated);
-        assert_eq!(r.resolve("a@pec.example", None).unwrap().state, MailboxState::Migrated);
+        assert_eq!(
+            r.resolve("a@pec.example", None).unwrap().state,
+            MailboxState::Migrated
+        );
         let admin = DomainRecord {
             state: MailboxState::Blackout,
             set_by: "admin".into(),
@@ -224,6 +227,9 @@ mod tests {
         r.store().put_domain("pec.example", &admin).unwrap();
         drop(r);
         let r = router(dir.path(), MailboxState::Legacy);
-        assert_eq!(r.resolve("a@pec.example", None).unwrap().state, MailboxState::Blackout);
+        assert_eq!(
+            r.resolve("a@pec.example", None).unwrap().state,
+            MailboxState::Blackout
+        );
     }
 }

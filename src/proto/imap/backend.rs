@@ -59,10 +59,13 @@ pub async fn login(
     connect_timeout: Duration,
     login_timeout: Duration,
 ) -> Result<Login, BackendError> {
-    let ep = backend.imap.as_ref().ok_or_else(|| BackendError::NoEndpoint {
-        backend: backend.name.clone(),
-        protocol: "imap",
-    })?;
+    let ep = backend
+        .imap
+        .as_ref()
+        .ok_or_else(|| BackendError::NoEndpoint {
+            backend: backend.name.clone(),
+            protocol: "imap",
+        })?;
     let stream = backend.connect(ep, connect_timeout).await?;
     let mut conn = Conn {
         backend,
@@ -120,10 +123,16 @@ impl Conn<'_> {
             .decode(&GreetingCodec::default())
             .map_err(|_| self.backend.protocol_error("unreadable greeting"))?;
         if greeting.kind != GreetingKind::Ok {
-            return Err(self.backend.protocol_error(format!("greeting {:?}", greeting.kind)));
+            return Err(self
+                .backend
+                .protocol_error(format!("greeting {:?}", greeting.kind)));
         }
         Ok(match greeting.code {
-            Some(Code::Capability(caps)) => caps.as_ref().iter().map(|c| c.to_string().to_ascii_uppercase()).collect(),
+            Some(Code::Capability(caps)) => caps
+                .as_ref()
+                .iter()
+                .map(|c| c.to_string().to_ascii_uppercase())
+                .collect(),
             _ => Vec::new(),
         })
     }
@@ -140,8 +149,14 @@ impl Conn<'_> {
             return Err(self.backend.protocol_error("data after STARTTLS response"));
         }
         let backend = self.backend;
-        let ep = backend.imap.as_ref().ok_or_else(|| backend.protocol_error("no endpoint"))?;
-        let tcp = self.stream.into_plain().ok_or_else(|| backend.protocol_error("TLS already on"))?;
+        let ep = backend
+            .imap
+            .as_ref()
+            .ok_or_else(|| backend.protocol_error("no endpoint"))?;
+        let tcp = self
+            .stream
+            .into_plain()
+            .ok_or_else(|| backend.protocol_error("TLS already on"))?;
         Ok(Conn {
             backend,
             stream: backend.start_tls(tcp, ep, limit).await?,
@@ -164,7 +179,9 @@ impl Conn<'_> {
         let plain = sasl::encode_plain(creds);
         let sasl_ir = has("SASL-IR");
         if sasl_ir {
-            out.extend_from_slice(format!("p2 AUTHENTICATE PLAIN {}\r\n", b64(plain.expose())).as_bytes());
+            out.extend_from_slice(
+                format!("p2 AUTHENTICATE PLAIN {}\r\n", b64(plain.expose())).as_bytes(),
+            );
         } else {
             out.extend_from_slice(b"p2 AUTHENTICATE PLAIN\r\n");
         }
@@ -207,8 +224,15 @@ impl Conn<'_> {
             if msg.starts_with(b"p3 ") {
                 break;
             }
-            if let Ok((_, Response::Data(Data::Capability(c)))) = imap_codec::decode::Decoder::decode(&ResponseCodec::default(), msg) {
-                caps = c.as_ref().iter().map(|c| c.to_string()).collect::<Vec<_>>().join(" ");
+            if let Ok((_, Response::Data(Data::Capability(c)))) =
+                imap_codec::decode::Decoder::decode(&ResponseCodec::default(), msg)
+            {
+                caps = c
+                    .as_ref()
+                    .iter()
+                    .map(|c| c.to_string())
+                    .collect::<Vec<_>>()
+                    .join(" ");
             }
         }
         Ok(format!("OK [CAPABILITY {caps}] Logged in\r\n").into_bytes())
@@ -251,9 +275,15 @@ fn has_capability_code(tail: &[u8]) -> bool {
 fn id_command(client: &ClientInfo<'_>) -> String {
     let mut fields = vec![
         ("x-originating-ip".to_string(), client.peer.ip().to_string()),
-        ("x-originating-port".to_string(), client.peer.port().to_string()),
+        (
+            "x-originating-port".to_string(),
+            client.peer.port().to_string(),
+        ),
         ("x-connected-ip".to_string(), client.local.ip().to_string()),
-        ("x-connected-port".to_string(), client.local.port().to_string()),
+        (
+            "x-connected-port".to_string(),
+            client.local.port().to_string(),
+        ),
         ("x-session-ext-id".to_string(), client.session.to_string()),
     ];
     fields.extend(client.id.iter().cloned());

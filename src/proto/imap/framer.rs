@@ -69,7 +69,10 @@ impl Framer {
         self.frag.is_max_message_size_exceeded()
     }
 
-    pub fn decode<'a, C: Decoder>(&'a self, codec: &C) -> Result<C::Message<'a>, DecodeMessageError<'a, C>> {
+    pub fn decode<'a, C: Decoder>(
+        &'a self,
+        codec: &C,
+    ) -> Result<C::Message<'a>, DecodeMessageError<'a, C>> {
         self.frag.decode_message(codec)
     }
 
@@ -158,8 +161,14 @@ mod tests {
             assert_eq!(
                 frames,
                 vec![
-                    Frame::Literal { mode: LiteralMode::Sync, length: 5 },
-                    Frame::Literal { mode: LiteralMode::NonSync, length: 3 },
+                    Frame::Literal {
+                        mode: LiteralMode::Sync,
+                        length: 5
+                    },
+                    Frame::Literal {
+                        mode: LiteralMode::NonSync,
+                        length: 3
+                    },
                     Frame::Message,
                 ]
             );
@@ -171,7 +180,10 @@ mod tests {
     fn skipping_a_refused_literal_resumes_at_the_next_line() {
         let mut f = Framer::new(1024);
         f.push(b"a LOGIN {99999}\r\nb NOOP\r\n");
-        assert!(matches!(f.next_frame(), Some(Frame::Literal { length: 99999, .. })));
+        assert!(matches!(
+            f.next_frame(),
+            Some(Frame::Literal { length: 99999, .. })
+        ));
         f.skip_message();
         assert_eq!(f.next_frame(), Some(Frame::Message));
         assert_eq!(f.message(), b"b NOOP\r\n");

@@ -18,6 +18,7 @@ use crate::net::bridge::{self, End, Stops};
 use crate::net::stream::Stream;
 use crate::registry::Info;
 use crate::route::{Route, RouteError, Target};
+use crate::secret::Credentials;
 use crate::server::{ConnInfo, Ctx};
 
 /// How a session ended, for the closing log line.
@@ -66,7 +67,11 @@ pub async fn serve(stream: Stream, conn: &ConnInfo, ctx: &Ctx) -> Outcome {
 }
 
 /// Serves pre-auth commands until a login succeeds at a backend.
-async fn authenticate(front: &mut Front, conn: &ConnInfo, ctx: &Ctx) -> Result<Option<Session>, FrontError> {
+async fn authenticate(
+    front: &mut Front,
+    conn: &ConnInfo,
+    ctx: &Ctx,
+) -> Result<Option<Session>, FrontError> {
     front.greet().await?;
     let mut failures = 0;
     loop {
@@ -81,7 +86,9 @@ async fn authenticate(front: &mut Front, conn: &ConnInfo, ctx: &Ctx) -> Result<O
                 failures += 1;
                 front.write(format!("{tag} {text}").as_bytes()).await?;
                 if failures >= ctx.config.limits.max_auth_failures {
-                    front.write(b"* BYE Too many authentication failures.\r\n").await?;
+                    front
+                        .write(b"* BYE Too many authentication failures.\r\n")
+                        .await?;
                     return Err(FrontError::Closed);
                 }
             }
@@ -90,10 +97,16 @@ async fn authenticate(front: &mut Front, conn: &ConnInfo, ctx: &Ctx) -> Result<O
 }
 
 const AUTH_FAILED: &str = "NO [AUTHENTICATIONFAILED] Authentication failed.\r\n";
-const UNAVAILABLE: &str = "NO [UNAVAILABLE] Mail server temporarily unavailable, try again later.\r\n";
+const UNAVAILABLE: &str =
+    "NO [UNAVAILABLE] Mail server temporarily unavailable, try again later.\r\n";
 
 /// Routes the login and, for a live route, logs in at the backend.
-async fn try_login(attempt: Attempt, front: &Front, conn: &ConnInfo, ctx: &Ctx) -> Result<Session, Refusal> {
+async fn try_login(
+    attempt: Attempt,
+    front: &Front,
+    conn: &ConnInfo,
+    ctx: &Ctx,
+) -> Result<Session, Refusal> {
     let span = tracing::Span::current();
     let Attempt { tag, creds } = attempt;
     let default_domain = conn.listener.default_domain.as_deref();
@@ -116,11 +129,17 @@ async fn try_login(attempt: Attempt, front: &Front, conn: &ConnInfo, ctx: &Ctx) 
         Target::Live { backend } => backend.clone(),
         Target::Unavailable { notice } => {
             info!(state = %route.state, "login refused: mailbox unavailable");
-            return Err(Refusal::Retry(format!("NO [UNAVAILABLE] {}\r\n", one_line(notice))));
+            return Err(Refusal::Retry(format!(
+                "NO [UNAVAILABLE] {}\r\n",
+                one_line(notice)
+            )));
         }
         Target::Refused { notice } => {
             info!(state = %route.state, "login refused: mailbox not served");
-            return Err(Refusal::Failed(format!("NO [CONTACTADMIN] {}\r\n", one_line(notice))));
+            return Err(Refusal::Failed(format!(
+                "NO [CONTACTADMIN] {}\r\n",
+                one_line(notice)
+            )));
         }
     };
     let Some(backend) = ctx.backends.get(&backend_name) else {
@@ -134,9 +153,27 @@ async fn try_login(attempt: Attempt, front: &Front, conn: &ConnInfo, ctx: &Ctx) 
         session: &session_id,
         id: &front.client_id,
     };
+    // The backend knows the mailbox by its full address, whatever form
+    // (bare local part, mixed case) the client typed.
+    let creds = Credentials {
+        user: route.address.clone(),
+        password: creds.password,
+    };
     let limits = &ctx.config.limits;
-    match backend::login(backend, &creds, &client, limits.connect_timeout, limits.login_timeout).await {
-        Ok(Login::Ok { stream, reply, rest }) => Ok(Session {
+    match backend::login(
+        backend,
+        &creds,
+        &client,
+        limits.connect_timeout,
+        limits.login_timeout,
+    )
+    .await
+    {
+        Ok(Login::Ok {
+            stream,
+            reply,
+            rest,
+        }) => Ok(Session {
             route,
             tag,
             backend: stream,
@@ -145,7 +182,9 @@ async fn try_login(attempt: Attempt, front: &Front, conn: &ConnInfo, ctx: &Ctx) 
         }),
         Ok(Login::Refused { reply }) => {
             info!(outcome = "backend refused", "login refused");
-            Err(Refusal::Failed(String::from_utf8_lossy(&reply).into_owned()))
+            Err(Refusal::Failed(
+                String::from_utf8_lossy(&reply).into_owned(),
+            ))
         }
         Err(e) => {
             warn!(error = %e, "backend unavailable");
@@ -156,7 +195,13 @@ async fn try_login(attempt: Attempt, front: &Front, conn: &ConnInfo, ctx: &Ctx) 
 
 /// The live path: the backend's OK under the client's tag, whatever either
 /// side pipelined, then bytes both ways.
-async fn splice(mut client: Stream, client_rest: Vec<u8>, mut s: Session, conn: &ConnInfo, ctx: &Ctx) -> Outcome {
+async fn splice(
+    mut client: Stream,
+    client_rest: Vec<u8>,
+    mut s: Session,
+    conn: &ConnInfo,
+    ctx: &Ctx,
+) -> Outcome {
     let registration = ctx.registry.register(Info {
         address: s.route.address.clone(),
         domain: s.route.domain.clone(),
@@ -191,7 +236,10 @@ async fn splice(mut client: Stream, client_rest: Vec<u8>, mut s: Session, conn: 
     let done = bridge::splice(&mut client, &mut s.backend, stops).await;
     let goodbye = match &done.end {
         End::Kicked => {
-            let reason = registration.entry.reason().unwrap_or_else(|| "Your mailbox has moved.".into());
+            let reason = registration
+                .entry
+                .reason()
+                .unwrap_or_else(|| "Your mailbox has moved.".into());
             Some(format!("* BYE [ALERT] {}\r\n", one_line(&reason)))
         }
         End::Shutdown => Some("* BYE Server shutting down, please reconnect.\r\n".to_string()),
@@ -215,5 +263,7 @@ async fn splice(mut client: Stream, client_rest: Vec<u8>, mut s: Session, conn: 
 
 /// Text from configuration or an admin, safe inside one response line.
 fn one_line(text: &str) -> String {
-    text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect()
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
 }

@@ -175,7 +175,9 @@ impl Front {
         let n = match tokio::time::timeout_at(deadline, framer.fill(stream)).await {
             Ok(r) => r?,
             Err(_) => {
-                let _ = self.write(b"* BYE Autologout; idle for too long.\r\n").await;
+                let _ = self
+                    .write(b"* BYE Autologout; idle for too long.\r\n")
+                    .await;
                 return Err(FrontError::Timeout);
             }
         };
@@ -229,20 +231,25 @@ impl Front {
             Ok(ok) => ok,
             Err(tag) => {
                 let tag = tag.unwrap_or_else(|| "*".into());
-                self.write(format!("{tag} BAD Syntax error.\r\n").as_bytes()).await?;
+                self.write(format!("{tag} BAD Syntax error.\r\n").as_bytes())
+                    .await?;
                 return Ok(Step::Continue);
             }
         };
         match body {
             CommandBody::Capability => {
                 let caps = self.capabilities();
-                self.reply(format!("* CAPABILITY {caps}\r\n{tag} OK Capability completed.\r\n"))
-                    .await
+                self.reply(format!(
+                    "* CAPABILITY {caps}\r\n{tag} OK Capability completed.\r\n"
+                ))
+                .await
             }
             CommandBody::Noop => self.reply(format!("{tag} OK NOOP completed.\r\n")).await,
             CommandBody::Logout => {
-                self.write(format!("* BYE Logging out.\r\n{tag} OK Logout completed.\r\n").as_bytes())
-                    .await?;
+                self.write(
+                    format!("* BYE Logging out.\r\n{tag} OK Logout completed.\r\n").as_bytes(),
+                )
+                .await?;
                 Ok(Step::Logout)
             }
             CommandBody::Id { parameters } => {
@@ -252,8 +259,10 @@ impl Front {
                     .take(MAX_ID_FIELDS)
                     .filter_map(|(k, v)| id_field(k.as_ref(), v.0.as_ref().map(|v| v.as_ref())))
                     .collect();
-                self.reply(format!("* ID (\"name\" \"ponte\")\r\n{tag} OK ID completed.\r\n"))
-                    .await
+                self.reply(format!(
+                    "* ID (\"name\" \"ponte\")\r\n{tag} OK ID completed.\r\n"
+                ))
+                .await
             }
             CommandBody::StartTLS => self.starttls(tag).await,
             CommandBody::Login { username, password } => {
@@ -284,17 +293,25 @@ impl Front {
         Ok(Step::Continue)
     }
 
-    async fn login(&mut self, tag: String, creds: Result<Credentials, ()>) -> Result<Step, FrontError> {
+    async fn login(
+        &mut self,
+        tag: String,
+        creds: Result<Credentials, ()>,
+    ) -> Result<Step, FrontError> {
         if self.login_disabled() {
             return self
-                .reply(format!("{tag} NO [PRIVACYREQUIRED] Use STARTTLS first.\r\n"))
+                .reply(format!(
+                    "{tag} NO [PRIVACYREQUIRED] Use STARTTLS first.\r\n"
+                ))
                 .await;
         }
         match creds {
             Ok(creds) => Ok(Step::Login(Attempt { tag, creds })),
             Err(()) => {
-                self.reply(format!("{tag} NO [AUTHENTICATIONFAILED] Authentication failed.\r\n"))
-                    .await
+                self.reply(format!(
+                    "{tag} NO [AUTHENTICATIONFAILED] Authentication failed.\r\n"
+                ))
+                .await
             }
         }
     }
@@ -302,7 +319,11 @@ impl Front {
     async fn starttls(&mut self, tag: String) -> Result<Step, FrontError> {
         let config = match (&self.tls.config, self.tls.mode, self.is_tls()) {
             (Some(c), TlsMode::Starttls, false) => c.clone(),
-            _ => return self.reply(format!("{tag} BAD STARTTLS not available.\r\n")).await,
+            _ => {
+                return self
+                    .reply(format!("{tag} BAD STARTTLS not available.\r\n"))
+                    .await
+            }
         };
         self.write(format!("{tag} OK Begin TLS negotiation now.\r\n").as_bytes())
             .await?;
@@ -333,12 +354,16 @@ impl Front {
     ) -> Result<Step, FrontError> {
         let Some(mech) = mech else {
             return self
-                .reply(format!("{tag} NO Unsupported authentication mechanism.\r\n"))
+                .reply(format!(
+                    "{tag} NO Unsupported authentication mechanism.\r\n"
+                ))
                 .await;
         };
         if self.login_disabled() {
             return self
-                .reply(format!("{tag} NO [PRIVACYREQUIRED] Use STARTTLS first.\r\n"))
+                .reply(format!(
+                    "{tag} NO [PRIVACYREQUIRED] Use STARTTLS first.\r\n"
+                ))
                 .await;
         }
         let creds = match mech {
@@ -362,22 +387,29 @@ impl Front {
     }
 
     async fn cancelled(&mut self, tag: String) -> Result<Step, FrontError> {
-        self.reply(format!("{tag} BAD Authentication canceled.\r\n")).await
+        self.reply(format!("{tag} BAD Authentication canceled.\r\n"))
+            .await
     }
 
     /// One SASL round: the initial response if the client sent one, else a
     /// `+ challenge` and the client's next line. `None` when the client
     /// cancels with `*` or sends something that is not base64.
-    async fn sasl_step(&mut self, ir: Option<Vec<u8>>, challenge: &str) -> Result<Option<Vec<u8>>, FrontError> {
+    async fn sasl_step(
+        &mut self,
+        ir: Option<Vec<u8>>,
+        challenge: &str,
+    ) -> Result<Option<Vec<u8>>, FrontError> {
         if let Some(data) = ir {
             return Ok(Some(data));
         }
         self.write(format!("+ {challenge}\r\n").as_bytes()).await?;
         self.read_message().await?;
-        Ok(match self.framer.decode(&AuthenticateDataCodec::default()) {
-            Ok(AuthenticateData::Continue(data)) => Some(data.declassify().to_vec()),
-            Ok(AuthenticateData::Cancel) | Err(_) => None,
-        })
+        Ok(
+            match self.framer.decode(&AuthenticateDataCodec::default()) {
+                Ok(AuthenticateData::Continue(data)) => Some(data.declassify().to_vec()),
+                Ok(AuthenticateData::Cancel) | Err(_) => None,
+            },
+        )
     }
 }
 

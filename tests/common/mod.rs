@@ -1,0 +1,10 @@
+//! The shared test harness: real Dovecot backends, a test CA, ponte run
+//! through its public API, and the real clients that drive it.
+#![allow(dead_code)]
+
+pub mod certs;
+pub mod clients;
+pub mod dovecot;
+pub mod net;
+pub mod ponte;
+pub mod world;

@@ -1,0 +1,221 @@
+//! A whole migration on loopback: a legacy and a new Dovecot with their own
+//! users, passwords and stores, and ponte in front with the old hostnames'
+//! certificates. Later protocols extend `World::config` with their
+//! listeners and backend endpoints.
+//!
+//! Users (address → passwords legacy / new, route):
+//! - alice@pec.example: both backends, different passwords; domain default (legacy)
+//! - bob@pec.example: both backends; `migrated` by the seed file
+//! - dave@pec.example: legacy only; domain default (legacy)
+//! - carol@comune.example: new only; domain `migrated`
+//!
+//! Each user's INBOX on each backend holds one message whose subject names
+//! the backend, which proves where a session landed.
+#![allow(dead_code)]
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use super::certs::TestCa;
+use super::dovecot::{Dovecot, DovecotOptions};
+use super::ponte::Ponte;
+
+pub struct User {
+    pub address: &'static str,
+    pub legacy_password: Option<&'static str>,
+    pub new_password: Option<&'static str>,
+}
+
+pub const ALICE: User = User {
+    address: "alice@pec.example",
+    legacy_password: Some("alice-legacy-pw"),
+    new_password: Some("alice-new-pw"),
+};
+pub const BOB: User = User {
+    address: "bob@pec.example",
+    legacy_password: Some("bob-legacy-pw"),
+    new_password: Some("bob \"new\" pw"),
+};
+pub const DAVE: User = User {
+    address: "dave@pec.example",
+    legacy_password: Some("dave-legacy-pw"),
+    new_password: None,
+};
+pub const CAROL: User = User {
+    address: "carol@comune.example",
+    legacy_password: None,
+    new_password: Some("carol-new-pw"),
+};
+pub const USERS: [&User; 4] = [&ALICE, &BOB, &DAVE, &CAROL];
+
+/// The subject line seeded in `user`'s INBOX on `backend`.
+pub fn marker(backend: &str, user: &str) -> String {
+    format!("{backend} store of {user}")
+}
+
+pub struct World {
+    pub dir: tempfile::TempDir,
+    pub ca: TestCa,
+    /// PEM file clients trust to verify ponte's certificates.
+    pub ca_file: PathBuf,
+    pub legacy: Dovecot,
+    pub new: Dovecot,
+    pub ponte: Option<Ponte>,
+    /// Extra `[limits]` keys for the generated configuration.
+    pub extra: String,
+}
+
+impl World {
+    /// Starts both backends and ponte.
+    pub fn start() -> World {
+        Self::start_with("")
+    }
+
+    /// Same, with extra `[limits]` keys (e.g. `preauth_timeout = "1s"`).
+    pub fn start_with(extra: &str) -> World {
+        let dir = tempfile::Builder::new()
+            .prefix("ponte-world-")
+            .tempdir()
+            .expect("tempdir");
+        let ca = TestCa::new("ponte test CA");
+        let ca_file = ca.write_to(dir.path(), "ca");
+        let backend_cert = ca.issue(&["127.0.0.1", "localhost"]);
+        let tls = backend_cert.write_to(dir.path(), "backend");
+        let legacy = start_backend("legacy", &tls, |u| u.legacy_password);
+        let new = start_backend("new", &tls, |u| u.new_password);
+        for (name, d) in [("legacy", &legacy), ("new", &new)] {
+            for u in USERS {
+                let has = if name == "legacy" {
+                    u.legacy_password
+                } else {
+                    u.new_password
+                };
+                if has.is_some() {
+                    let subject = marker(name, u.address);
+                    let msg = format!("From: seed@example\r\nTo: {}\r\nSubject: {subject}\r\nMessage-ID: <{name}.{}>\r\n\r\nbody of {subject}\r\n", u.address, u.address);
+                    d.deliver(u.address, "INBOX", msg.as_bytes());
+                }
+            }
+        }
+        for (stem, names) in [
+            ("pec", &["mbox.pec.example", "tempmail.pec.example"][..]),
+            ("comune", &["imap.comune.example"][..]),
+        ] {
+            ca.issue(names).write_to(dir.path(), stem);
+        }
+        std::fs::write(
+            dir.path().join("mailboxes.csv"),
+            "address,state\nbob@pec.example,migrated\n",
+        )
+        .expect("seed");
+        let mut world = World {
+            dir,
+            ca,
+            ca_file,
+            legacy,
+            new,
+            ponte: None,
+            extra: extra.to_string(),
+        };
+        world.ponte = Some(Ponte::start(&world.config()));
+        world
+    }
+
+    /// The generated configuration: three IMAP listeners (plain, STARTTLS,
+    /// implicit TLS), legacy over IMAPS and new over IMAP+STARTTLS.
+    pub fn config(&self) -> String {
+        let d = self.dir.path().display();
+        let mut c = String::new();
+        let _ = write!(
+            c,
+            r#"
+[state]
+path = "{d}/state"
+seed = "{d}/mailboxes.csv"
+
+[limits]
+shutdown_grace = "2s"
+auth_failure_delay = "10ms"
+{extra_limits}
+
+[[tls.certificate]]
+names = ["mbox.pec.example", "tempmail.pec.example"]
+cert = "{d}/pec.crt"
+key = "{d}/pec.key"
+
+[[tls.certificate]]
+names = ["imap.comune.example"]
+cert = "{d}/comune.crt"
+key = "{d}/comune.key"
+
+[[listener]]
+name = "imap"
+protocol = "imap"
+bind = "127.0.0.1:0"
+default_domain = "pec.example"
+
+[[listener]]
+name = "imap-starttls"
+protocol = "imap"
+bind = "127.0.0.1:0"
+tls = "starttls"
+
+[[listener]]
+name = "imaps"
+protocol = "imap"
+bind = "127.0.0.1:0"
+tls = "implicit"
+
+[backend.legacy]
+imap = "imaps://{legacy_imaps}"
+ca = "{d}/ca.crt"
+
+[backend.new]
+imap = "imap://{new_imap}"
+starttls = true
+ca = "{d}/ca.crt"
+
+[domain."pec.example"]
+state = "legacy"
+
+[domain."comune.example"]
+state = "migrated"
+"#,
+            extra_limits = self.extra,
+            legacy_imaps = self.legacy.imaps_addr().expect("legacy imaps"),
+            new_imap = self.new.imap_addr(),
+        );
+        c
+    }
+
+    pub fn ponte(&self) -> &Ponte {
+        self.ponte.as_ref().expect("ponte running")
+    }
+
+    pub fn addr(&self, listener: &str) -> SocketAddr {
+        self.ponte().addr(listener)
+    }
+
+    /// Stops ponte and starts it again on the same store (new ports).
+    pub fn restart(&mut self) {
+        if let Some(p) = self.ponte.take() {
+            p.stop();
+        }
+        self.ponte = Some(Ponte::start(&self.config()));
+    }
+}
+
+fn start_backend(
+    name: &str,
+    tls: &(PathBuf, PathBuf),
+    password: impl Fn(&User) -> Option<&'static str>,
+) -> Dovecot {
+    let users: Vec<(&str, &str)> = USERS
+        .iter()
+        .filter_map(|u| Some((u.address, password(u)?)))
+        .collect();
+    let mut opts = DovecotOptions::new(name, &users);
+    opts.tls = Some(tls.clone());
+    Dovecot::start(opts)
+}
