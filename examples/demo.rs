@@ -29,11 +29,21 @@ fn main() {
     println!("  configuration: {}/ponte.toml", w.dir.path().display());
     std::fs::write(w.dir.path().join("ponte.toml"), w.config()).expect("write config");
 
-    step("alice@pec.example: the domain is still `legacy`, so ponte logs her in at the legacy store");
-    let mut alice = session(w.addr("imap"), ALICE.address, ALICE.legacy_password.unwrap_or_default());
+    step(
+        "alice@pec.example: the domain is still `legacy`, so ponte logs her in at the legacy store",
+    );
+    let mut alice = session(
+        w.addr("imap"),
+        ALICE.address,
+        ALICE.legacy_password.unwrap_or_default(),
+    );
 
     step("bob@pec.example: the seed file marks him `migrated`, so the same hostname takes him to the new store");
-    let mut bob = session(w.addr("imap"), BOB.address, BOB.new_password.unwrap_or_default());
+    let mut bob = session(
+        w.addr("imap"),
+        BOB.address,
+        BOB.new_password.unwrap_or_default(),
+    );
     exchange(&mut bob, "z", "LOGOUT");
 
     step("An admin flips alice to `migrated`: her open session is told to reconnect");
@@ -52,7 +62,11 @@ fn main() {
     println!("  S: {}", alice.read_line().trim_end());
 
     step("alice reconnects to the same hostname and lands on the new store, with her new password");
-    let mut alice = session(w.addr("imap"), ALICE.address, ALICE.new_password.unwrap_or_default());
+    let mut alice = session(
+        w.addr("imap"),
+        ALICE.address,
+        ALICE.new_password.unwrap_or_default(),
+    );
     exchange(&mut alice, "z", "LOGOUT");
     step("Done: no client was reconfigured.");
 }
@@ -66,10 +80,20 @@ fn session(addr: SocketAddr, user: &str, password: &str) -> LineConn<std::net::T
     let mut c = LineConn::tcp(addr);
     println!("  S: {}", c.read_line().trim_end());
     println!("  C: a LOGIN {user} ********");
-    let r = c.imap("a", &format!("LOGIN \"{user}\" \"{}\"", password.replace('\\', "\\\\").replace('"', "\\\"")));
+    let r = c.imap(
+        "a",
+        &format!(
+            "LOGIN \"{user}\" \"{}\"",
+            password.replace('\\', "\\\\").replace('"', "\\\"")
+        ),
+    );
     println!("  S: a {}", r.status);
     exchange(&mut c, "b", "EXAMINE INBOX");
-    exchange(&mut c, "c", "FETCH 1:* (BODY.PEEK[HEADER.FIELDS (SUBJECT)])");
+    exchange(
+        &mut c,
+        "c",
+        "FETCH 1:* (BODY.PEEK[HEADER.FIELDS (SUBJECT)])",
+    );
     c
 }
 

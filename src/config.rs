@@ -239,10 +239,16 @@ impl Config {
     where
         S: config::Source + Send + Sync + 'static,
     {
+        // Only `PONTE_SECTION__KEY` variables are overrides; the others
+        // (`PONTE_LOG`) belong to the process, not to the file.
+        let vars: config::Map<String, String> = std::env::vars()
+            .filter(|(k, _)| k.starts_with("PONTE_") && k.contains("__"))
+            .collect();
         let env = config::Environment::with_prefix("PONTE")
             .prefix_separator("_")
             .separator("__")
-            .try_parsing(true);
+            .try_parsing(true)
+            .source(Some(vars));
         let cfg: Config = config::Config::builder()
             .add_source(source)
             .add_source(env)

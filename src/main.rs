@@ -32,13 +32,15 @@ fn main() -> ExitCode {
     let args = Args::parse();
     ponte::observe::init();
     match args.command {
-        Command::Check { config } => match ponte::Config::load(&config) {
-            Ok(_) => {
-                println!("{}: ok", config.display());
-                ExitCode::SUCCESS
+        Command::Check { config } => {
+            match ponte::Config::load(&config).and_then(|c| ponte::server::check(&c)) {
+                Ok(()) => {
+                    println!("{}: ok", config.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(&config, e),
             }
-            Err(e) => fail(&config, e),
-        },
+        }
         Command::Serve { config } => {
             let cfg = match ponte::Config::load(&config) {
                 Ok(c) => c,

@@ -40,6 +40,14 @@ pub struct ConnInfo {
     pub listener: Arc<ListenerConfig>,
 }
 
+/// Loads what `bind` would load from files (certificates, keys, CA
+/// bundles) without binding or opening the store: `ponte check`.
+pub fn check(config: &Config) -> Result<(), ConfigError> {
+    crate::net::tls::server_config(&config.tls.certificate)?;
+    backend::build(&config.backend)?;
+    Ok(())
+}
+
 /// A server with its listeners bound, ready to run.
 pub struct Server {
     ctx: Arc<Ctx>,

@@ -13,6 +13,7 @@
 //! the backend, which proves where a session landed.
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -54,6 +55,9 @@ pub fn marker(backend: &str, user: &str) -> String {
     format!("{backend} store of {user}")
 }
 
+/// Listener names in the order `config` writes them.
+pub const LISTENERS: [&str; 3] = ["imap", "imap-starttls", "imaps"];
+
 pub struct World {
     pub dir: tempfile::TempDir,
     pub ca: TestCa,
@@ -74,6 +78,14 @@ impl World {
 
     /// Same, with extra `[limits]` keys (e.g. `preauth_timeout = "1s"`).
     pub fn start_with(extra: &str) -> World {
+        let mut world = Self::backends_only(extra);
+        world.ponte = Some(Ponte::start(&world.config()));
+        world
+    }
+
+    /// Both backends and the files ponte needs, without starting ponte
+    /// (tests that run the `ponte` binary themselves).
+    pub fn backends_only(extra: &str) -> World {
         let dir = tempfile::Builder::new()
             .prefix("ponte-world-")
             .tempdir()
@@ -109,7 +121,7 @@ impl World {
             "address,state\nbob@pec.example,migrated\n",
         )
         .expect("seed");
-        let mut world = World {
+        World {
             dir,
             ca,
             ca_file,
@@ -117,9 +129,7 @@ impl World {
             new,
             ponte: None,
             extra: extra.to_string(),
-        };
-        world.ponte = Some(Ponte::start(&world.config()));
-        world
+        }
     }
 
     /// The generated configuration: three IMAP listeners (plain, STARTTLS,
@@ -187,6 +197,22 @@ state = "migrated"
             new_imap = self.new.imap_addr(),
         );
         c
+    }
+
+    /// The configuration with fixed free ports instead of port 0, written
+    /// to `ponte.toml` in the world's directory, for a `ponte` process.
+    /// Returns the file and the listeners' addresses.
+    pub fn config_file(&self) -> (PathBuf, BTreeMap<String, SocketAddr>) {
+        let mut text = self.config();
+        let mut addrs = BTreeMap::new();
+        for name in LISTENERS {
+            let addr = super::net::loopback(super::net::free_port());
+            text = text.replacen("bind = \"127.0.0.1:0\"", &format!("bind = \"{addr}\""), 1);
+            addrs.insert(name.to_string(), addr);
+        }
+        let path = self.dir.path().join("ponte.toml");
+        std::fs::write(&path, text).expect("write ponte.toml");
+        (path, addrs)
     }
 
     pub fn ponte(&self) -> &Ponte {
