@@ -2,14 +2,21 @@
 //! side closes, the session sits idle too long, an admin kicks it (route
 //! change) or the server shuts down. Protocol-agnostic: the caller writes
 //! its protocol's goodbye when the bridge returns.
+//!
+//! Memory: reads land in one scratch buffer per worker thread and are
+//! written on at once, so an idle session holds no read buffer. Only bytes
+//! a slow destination cannot take yet are copied into the direction's own
+//! buffer, which is released as soon as it drains.
 
+use std::cell::RefCell;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// Why the bridge stopped.
@@ -41,91 +48,195 @@ pub struct Stops<'a> {
     pub idle: Duration,
 }
 
-// Big enough for large FETCH responses to move in few syscalls.
-const BUF_SIZE: usize = 64 * 1024;
-
 /// Copies both ways until the end; see [`End`].
 pub async fn splice<C, B>(client: &mut C, backend: &mut B, stops: Stops<'_>) -> Spliced
 where
     C: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
-    let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
+    let clock = Clock::new();
+    let mut up = Direction::default();
+    let mut down = Direction::default();
     let end = {
-        let mut c = Counted {
-            inner: client,
-            n: &up,
-        };
-        let mut b = Counted {
-            inner: backend,
-            n: &down,
-        };
-        let copy = tokio::io::copy_bidirectional_with_sizes(&mut c, &mut b, BUF_SIZE, BUF_SIZE);
+        let copy = std::future::poll_fn(|cx| {
+            let u = up.poll_copy(cx, &mut *client, &mut *backend, &clock);
+            let d = down.poll_copy(cx, &mut *backend, &mut *client, &clock);
+            match (u, d) {
+                (Poll::Ready(Err(e)), _) | (_, Poll::Ready(Err(e))) => Poll::Ready(Err(e)),
+                (Poll::Ready(Ok(())), Poll::Ready(Ok(()))) => Poll::Ready(Ok(())),
+                _ => Poll::Pending,
+            }
+        });
         tokio::select! {
             r = copy => match r {
-                Ok(_) => End::Closed,
+                Ok(()) => End::Closed,
                 Err(e) => End::Error(e),
             },
             _ = stops.kick.cancelled() => End::Kicked,
             _ = stops.shutdown.cancelled() => End::Shutdown,
-            _ = watch_idle(&up, &down, stops.idle) => End::Idle,
+            _ = clock.idle_for(stops.idle) => End::Idle,
         }
     };
     Spliced {
-        up: up.load(Ordering::Relaxed),
-        down: down.load(Ordering::Relaxed),
+        up: up.bytes,
+        down: down.bytes,
         end,
     }
 }
 
-/// Returns once a whole `idle` period passes with no byte either way.
-async fn watch_idle(up: &AtomicU64, down: &AtomicU64, idle: Duration) {
-    let mut last = (u64::MAX, u64::MAX);
-    loop {
-        let now = (up.load(Ordering::Relaxed), down.load(Ordering::Relaxed));
-        if now == last {
-            return;
+// Large enough that a big FETCH moves in few syscalls (and whole TLS records).
+const SCRATCH_SIZE: usize = 64 * 1024;
+
+thread_local! {
+    static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; SCRATCH_SIZE].into_boxed_slice());
+}
+
+#[derive(Default)]
+enum Phase {
+    #[default]
+    Copying,
+    ShuttingDown,
+    Done,
+}
+
+/// One direction of the copy.
+#[derive(Default)]
+struct Direction {
+    phase: Phase,
+    /// Bytes read but not yet taken by the writer (backpressure only).
+    pending: Vec<u8>,
+    written: usize,
+    needs_flush: bool,
+    bytes: u64,
+}
+
+impl Direction {
+    fn poll_copy<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        r: &mut R,
+        w: &mut W,
+        clock: &Clock,
+    ) -> Poll<io::Result<()>>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        loop {
+            match self.phase {
+                Phase::Copying => {
+                    // Read nothing more while the writer is backed up.
+                    ready!(self.poll_pending(cx, w))?;
+                    match self.poll_read_through(cx, r, w) {
+                        Poll::Ready(Ok(0)) => self.phase = Phase::ShuttingDown,
+                        Poll::Ready(Ok(n)) => {
+                            self.bytes += n as u64;
+                            self.needs_flush = true;
+                            clock.touch();
+                        }
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                        Poll::Pending => {
+                            if self.needs_flush {
+                                ready!(Pin::new(&mut *w).poll_flush(cx))?;
+                                self.needs_flush = false;
+                            }
+                            return Poll::Pending;
+                        }
+                    }
+                }
+                Phase::ShuttingDown => {
+                    ready!(self.poll_pending(cx, w))?;
+                    ready!(Pin::new(&mut *w).poll_shutdown(cx))?;
+                    self.phase = Phase::Done;
+                }
+                Phase::Done => return Poll::Ready(Ok(())),
+            }
         }
-        last = now;
-        tokio::time::sleep(idle).await;
     }
-}
 
-/// Counts the bytes read from `inner`.
-struct Counted<'a, S> {
-    inner: &'a mut S,
-    n: &'a AtomicU64,
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Counted<'_, S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
+    /// Writes what an earlier round could not; releases the buffer once empty.
+    fn poll_pending<W: AsyncWrite + Unpin>(
+        &mut self,
         cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
+        w: &mut W,
     ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let r = Pin::new(&mut *self.inner).poll_read(cx, buf);
-        let read = (buf.filled().len() - before) as u64;
-        self.n.fetch_add(read, Ordering::Relaxed);
-        r
+        while self.written < self.pending.len() {
+            let n = ready!(Pin::new(&mut *w).poll_write(cx, &self.pending[self.written..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.written += n;
+        }
+        if !self.pending.is_empty() {
+            self.pending = Vec::new();
+            self.written = 0;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Reads once into the thread's scratch buffer and writes it on at
+    /// once; what the writer does not take is kept in `pending`. Returns
+    /// the bytes read (0 at end of stream).
+    fn poll_read_through<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        r: &mut R,
+        w: &mut W,
+    ) -> Poll<io::Result<usize>>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        SCRATCH.with_borrow_mut(|buf| {
+            let mut rb = ReadBuf::new(buf);
+            ready!(Pin::new(&mut *r).poll_read(cx, &mut rb))?;
+            let n = rb.filled().len();
+            let mut off = 0;
+            while off < n {
+                match Pin::new(&mut *w).poll_write(cx, &buf[off..n]) {
+                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                    Poll::Ready(Ok(k)) => off += k,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => {
+                        self.pending.extend_from_slice(&buf[off..n]);
+                        break;
+                    }
+                }
+            }
+            Poll::Ready(Ok(n))
+        })
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<'_, S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut *self.inner).poll_write(cx, buf)
+/// When bytes last moved, for the idle timeout: a timestamp per chunk is
+/// cheaper than re-arming a timer per chunk.
+struct Clock {
+    start: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Clock {
+    fn new() -> Clock {
+        Clock {
+            start: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
     }
 
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut *self.inner).poll_flush(cx)
+    fn touch(&self) {
+        let ms = self.start.elapsed().as_millis() as u64;
+        self.last_ms.store(ms, Ordering::Relaxed);
     }
 
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut *self.inner).poll_shutdown(cx)
+    /// Resolves once `idle` passes with no byte either way.
+    async fn idle_for(&self, idle: Duration) {
+        loop {
+            let last = self.last_ms.load(Ordering::Relaxed);
+            tokio::time::sleep_until(self.start + Duration::from_millis(last) + idle).await;
+            if self.last_ms.load(Ordering::Relaxed) == last {
+                return;
+            }
+        }
     }
 }
 
@@ -159,5 +270,56 @@ mod tests {
         let done = bridge.await.unwrap();
         assert!(matches!(done.end, End::Idle));
         assert_eq!(done.up, 24);
+    }
+
+    #[tokio::test]
+    async fn moves_large_transfers_both_ways_under_backpressure() {
+        // Small pipes force partial writes and the pending path.
+        let (client, mut proxy_c) = tokio::io::duplex(512);
+        let (mut proxy_b, backend) = tokio::io::duplex(700);
+        let kick = CancellationToken::new();
+        let shutdown = CancellationToken::new();
+        let bridge = tokio::spawn(async move {
+            let stops = Stops {
+                kick: &kick,
+                shutdown: &shutdown,
+                idle: Duration::from_secs(60),
+            };
+            splice(&mut proxy_c, &mut proxy_b, stops).await
+        });
+        let up: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let down: Vec<u8> = (0..500_000u32).map(|i| (i * 13 % 253) as u8).collect();
+        let (up2, down2) = (up.clone(), down.clone());
+        let client_side = tokio::spawn(async move {
+            let (mut r, mut w) = tokio::io::split(client);
+            let writer = async move {
+                w.write_all(&up2).await.unwrap();
+                w.shutdown().await.unwrap();
+            };
+            let reader = async move {
+                let mut got = Vec::new();
+                r.read_to_end(&mut got).await.unwrap();
+                got
+            };
+            tokio::join!(writer, reader).1
+        });
+        let backend_side = tokio::spawn(async move {
+            let (mut r, mut w) = tokio::io::split(backend);
+            let writer = async move {
+                w.write_all(&down2).await.unwrap();
+                w.shutdown().await.unwrap();
+            };
+            let reader = async move {
+                let mut got = Vec::new();
+                r.read_to_end(&mut got).await.unwrap();
+                got
+            };
+            tokio::join!(writer, reader).1
+        });
+        assert_eq!(client_side.await.unwrap(), down);
+        assert_eq!(backend_side.await.unwrap(), up);
+        let done = bridge.await.unwrap();
+        assert!(matches!(done.end, End::Closed), "{:?}", done.end);
+        assert_eq!((done.up, done.down), (up.len() as u64, down.len() as u64));
     }
 }
