@@ -264,10 +264,12 @@ impl Config {
         self.validate_listeners()?;
         self.validate_backends()?;
         self.validate_domains()?;
-        if self.limits.idle_timeout < Duration::from_secs(60) {
+        // RFC 9051 §5.4: an inactivity autologout timer must be at least
+        // 30 minutes; IDLE clients re-issue IDLE every 29 minutes.
+        if self.limits.idle_timeout < Duration::from_secs(30 * 60) {
             return Err(ConfigError::invalid(
                 "limits.idle_timeout",
-                "must be at least 60s (RFC 9051 asks for 30 minutes)",
+                "must be at least 30m (RFC 9051 autologout)",
             ));
         }
         if self.limits.max_preauth_bytes < 1024 {

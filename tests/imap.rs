@@ -528,3 +528,33 @@ fn b64(s: &str) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(s)
 }
+
+#[test]
+fn backend_certificate_that_does_not_verify_is_unavailable_not_a_hang() {
+    let w = World::backends_only("");
+    // Trust a CA that did not sign the legacy backend's certificate.
+    let stranger = common::certs::TestCa::new("some other CA").write_to(w.dir.path(), "stranger");
+    let d = w.dir.path().display().to_string();
+    let config = w.config().replacen(
+        &format!("ca = \"{d}/ca.crt\""),
+        &format!("ca = \"{}\"", stranger.display()),
+        1,
+    );
+    assert!(config.contains("stranger.crt"));
+    let ponte = common::ponte::Ponte::start(&config);
+    let mut c = LineConn::tcp(ponte.addr("imap"));
+    c.read_line();
+    let started = Instant::now();
+    let r = c.imap(
+        "a",
+        &format!("LOGIN {} {}", ALICE.address, ALICE.legacy_password.unwrap()),
+    );
+    assert!(r.status.starts_with("NO [UNAVAILABLE]"), "{}", r.status);
+    assert!(started.elapsed() < Duration::from_secs(3));
+    // The new backend (verified with the right CA) still works.
+    let r = c.imap(
+        "b",
+        &format!("LOGIN {} {}", CAROL.address, CAROL.new_password.unwrap()),
+    );
+    assert!(r.is_ok(), "{}", r.status);
+}
