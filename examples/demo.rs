@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 
 use common::net::LineConn;
 use common::world::{World, ALICE, BOB};
-use ponte::route::{MailboxRecord, MailboxState};
+use ponte::route::{Change, MailboxState};
 
 fn main() {
     ponte::observe::init();
@@ -47,15 +47,11 @@ fn main() {
     exchange(&mut bob, "z", "LOGOUT");
 
     step("An admin flips alice to `migrated`: her open session is told to reconnect");
-    let record = MailboxRecord {
-        state: MailboxState::Migrated,
-        set_by: "demo".into(),
-        updated: 0,
-    };
     let ctx = &w.ponte().ctx;
+    let rows = vec![(ALICE.address.to_string(), MailboxState::Migrated, None)];
     ctx.router
         .store()
-        .put_mailboxes(&[(ALICE.address.to_string(), record)])
+        .apply(&Change::Mailboxes(rows), "demo")
         .expect("store");
     ctx.registry
         .kick_mailbox(ALICE.address, "Your mailbox has moved; please reconnect.");

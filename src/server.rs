@@ -60,7 +60,8 @@ impl Server {
     pub async fn bind(config: Config) -> Result<Server, ServerError> {
         let store = RedbStore::open(&config.state.path)?;
         if let Some(seed) = &config.state.seed {
-            let n = import_seed(store.as_ref(), seed, &config.domain)
+            let known = |b: &str| config.backend.contains_key(b);
+            let n = import_seed(store.as_ref(), seed, &config.domain, &known)
                 .map_err(|e| ConfigError::invalid("state.seed", e.to_string()))?;
             if n > 0 {
                 info!(rows = n, file = %seed.display(), "imported mailbox seed");

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use common::clients::{curl, python};
 use common::net::LineConn;
 use common::world::{marker, World, ALICE, BOB, CAROL, DAVE};
-use ponte::route::{MailboxRecord, MailboxState, RedbStore, StateStore};
+use ponte::route::{Change, MailboxState, RedbStore, StateStore};
 
 /// Logs in with imaplib over plain IMAP, prints the INBOX subjects.
 const IMAPLIB_SUBJECTS: &str = r#"
@@ -63,12 +63,8 @@ fn route_follows_a_state_change_across_a_restart() {
     w.ponte.take().unwrap().stop();
     {
         let store = RedbStore::open(&w.dir.path().join("state")).unwrap();
-        let rec = MailboxRecord {
-            state: MailboxState::Migrated,
-            set_by: "test".into(),
-            updated: 0,
-        };
-        store.put_mailboxes(&[(ALICE.address.into(), rec)]).unwrap();
+        let rows = vec![(ALICE.address.to_string(), MailboxState::Migrated, None)];
+        store.apply(&Change::Mailboxes(rows), "test").unwrap();
     }
     w.restart();
     let after = subjects(w.addr("imap"), ALICE.address, ALICE.new_password.unwrap());

@@ -9,9 +9,11 @@ pub mod store;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-pub use seed::{import_seed, parse_mailbox_csv, SeedError};
+pub use seed::{import_seed, parse_mailbox_csv, Row, SeedError};
 pub use state::MailboxState;
-pub use store::{DomainRecord, MailboxRecord, RedbStore, StateStore};
+pub use store::{
+    AuditEntry, Change, DomainRecord, MailboxRecord, RedbStore, Schedule, StateStore, Subject,
+};
 
 use crate::config::DomainConfig;
 use crate::error::StoreError;
@@ -81,12 +83,11 @@ impl Router {
                 }
                 Some(rec) if rec.state == d.state => {}
                 _ => {
-                    let rec = DomainRecord {
+                    let change = Change::DomainState {
+                        domain: name.clone(),
                         state: d.state,
-                        set_by: "config".into(),
-                        updated: now_unix(),
                     };
-                    store.put_domain(name, &rec)?;
+                    store.apply(&change, "config")?;
                 }
             }
         }
@@ -103,11 +104,14 @@ impl Router {
         let address = normalize(login, default_domain).ok_or(RouteError::UnknownDomain)?;
         let (_, domain) = address.rsplit_once('@').ok_or(RouteError::UnknownDomain)?;
         let cfg = self.domains.get(domain).ok_or(RouteError::UnknownDomain)?;
-        let state = match self.store.mailbox(&address)? {
-            Some(m) => m.state,
-            None => self.store.domain(domain)?.map_or(cfg.state, |d| d.state),
+        let (state, backend) = match self.store.mailbox(&address)? {
+            Some(m) => (m.state, m.backend),
+            None => (
+                self.store.domain(domain)?.map_or(cfg.state, |d| d.state),
+                None,
+            ),
         };
-        let target = target_for(state, cfg);
+        let target = target_for(state, cfg, backend);
         Ok(Route {
             domain: domain.to_string(),
             address,
@@ -117,14 +121,15 @@ impl Router {
     }
 }
 
-fn target_for(state: MailboxState, cfg: &DomainConfig) -> Target {
+/// `backend`: a mailbox's own destination, replacing the domain's `new`.
+fn target_for(state: MailboxState, cfg: &DomainConfig, backend: Option<String>) -> Target {
     let notice = |default: &str| cfg.notice.clone().unwrap_or_else(|| default.to_string());
     match state {
         MailboxState::Legacy => Target::Live {
             backend: cfg.legacy.clone(),
         },
         MailboxState::Migrated => Target::Live {
-            backend: cfg.new.clone(),
+            backend: backend.unwrap_or_else(|| cfg.new.clone()),
         },
         MailboxState::Blackout => Target::Unavailable {
             notice: notice("This mailbox is being moved to a new provider; try again later."),
@@ -177,14 +182,8 @@ mod tests {
     fn mailbox_override_beats_domain_default() {
         let dir = tempfile::tempdir().unwrap();
         let r = router(dir.path(), MailboxState::Legacy);
-        let rec = MailboxRecord {
-            state: MailboxState::Migrated,
-            set_by: "t".into(),
-            updated: 0,
-        };
-        r.store()
-            .put_mailboxes(&[("bob@pec.example".into(), rec)])
-            .unwrap();
+        let rows = vec![("bob@pec.example".into(), MailboxState::Migrated, None)];
+        r.store().apply(&Change::Mailboxes(rows), "t").unwrap();
         let bob = r.resolve("Bob@PEC.example", None).unwrap();
         assert_eq!(bob.target.label(), "new");
         let alice = r.resolve("alice", Some("pec.example")).unwrap();
@@ -219,12 +218,11 @@ mod tests {
             r.resolve("a@pec.example", None).unwrap().state,
             MailboxState::Migrated
         );
-        let admin = DomainRecord {
+        let change = Change::DomainState {
+            domain: "pec.example".into(),
             state: MailboxState::Blackout,
-            set_by: "admin".into(),
-            updated: 0,
         };
-        r.store().put_domain("pec.example", &admin).unwrap();
+        r.store().apply(&change, "admin").unwrap();
         drop(r);
         let r = router(dir.path(), MailboxState::Legacy);
         assert_eq!(

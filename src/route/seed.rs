@@ -5,7 +5,8 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use super::{now_unix, MailboxRecord, MailboxState, StateStore};
+use super::store::Change;
+use super::{MailboxState, StateStore};
 use crate::config::DomainConfig;
 use crate::error::StoreError;
 
@@ -19,12 +20,16 @@ pub enum SeedError {
     Store(#[from] StoreError),
 }
 
-/// Parses the CSV text into mailbox records, checking every row.
+/// One parsed row: address, state, optional backend.
+pub type Row = (String, MailboxState, Option<String>);
+
+/// Parses the CSV text (`address,state[,backend]`, optional header),
+/// checking every row against the managed domains and known backends.
 pub fn parse_mailbox_csv(
     text: &str,
     domains: &BTreeMap<String, DomainConfig>,
-    set_by: &str,
-) -> Result<Vec<(String, MailboxRecord)>, SeedError> {
+    known_backend: &dyn Fn(&str) -> bool,
+) -> Result<Vec<Row>, SeedError> {
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(false)
         .flexible(true)
@@ -42,19 +47,19 @@ pub fn parse_mailbox_csv(
             }
         };
         let line = rec.position().map_or(i as u64 + 1, |p| p.line());
-        let (addr, state) = (rec.get(0).unwrap_or(""), rec.get(1).unwrap_or(""));
-        if i == 0 && addr.eq_ignore_ascii_case("address") {
+        let field = |n| rec.get(n).unwrap_or("");
+        if i == 0 && field(0).eq_ignore_ascii_case("address") {
             continue;
         }
-        match parse_row(addr, state, domains) {
-            Ok((address, state)) => rows.push((
-                address,
-                MailboxRecord {
-                    state,
-                    set_by: set_by.to_string(),
-                    updated: now_unix(),
-                },
-            )),
+        if rec.len() > 3 {
+            bad.push(format!(
+                "line {line}: {} fields, expected address,state[,backend]",
+                rec.len()
+            ));
+            continue;
+        }
+        match parse_row(field(0), field(1), field(2), domains, known_backend) {
+            Ok(row) => rows.push(row),
             Err(reason) => bad.push(format!("line {line}: {reason}")),
         }
     }
@@ -68,8 +73,10 @@ pub fn parse_mailbox_csv(
 fn parse_row(
     addr: &str,
     state: &str,
+    backend: &str,
     domains: &BTreeMap<String, DomainConfig>,
-) -> Result<(String, MailboxState), String> {
+    known_backend: &dyn Fn(&str) -> bool,
+) -> Result<Row, String> {
     let address = super::normalize(addr, None)
         .filter(|a| a.contains('@'))
         .ok_or_else(|| format!("{addr:?} is not an address"))?;
@@ -78,7 +85,12 @@ fn parse_row(
         return Err(format!("{domain} is not a configured domain"));
     }
     let state = state.parse::<MailboxState>()?;
-    Ok((address, state))
+    let backend = match backend {
+        "" => None,
+        b if known_backend(b) => Some(b.to_string()),
+        b => return Err(format!("unknown backend {b:?}")),
+    };
+    Ok((address, state, backend))
 }
 
 /// Imports the seed file when the store holds no mailbox yet. Returns the
@@ -87,6 +99,7 @@ pub fn import_seed(
     store: &dyn StateStore,
     path: &Path,
     domains: &BTreeMap<String, DomainConfig>,
+    known_backend: &dyn Fn(&str) -> bool,
 ) -> Result<usize, SeedError> {
     if store.mailbox_count()? > 0 {
         return Ok(0);
@@ -95,9 +108,10 @@ pub fn import_seed(
         path: path.display().to_string(),
         reason: e.to_string(),
     })?;
-    let rows = parse_mailbox_csv(&text, domains, "seed")?;
-    store.put_mailboxes(&rows)?;
-    Ok(rows.len())
+    let rows = parse_mailbox_csv(&text, domains, known_backend)?;
+    let n = rows.len();
+    store.apply(&Change::Mailboxes(rows), "seed")?;
+    Ok(n)
 }
 
 #[cfg(test)]
@@ -118,26 +132,34 @@ mod tests {
     #[test]
     fn parses_rows_with_a_header() {
         let rows = parse_mailbox_csv(
-            "address,state\nAlice@pec.example, migrated\nbob@pec.example,legacy\n",
+            "address,state,backend\nAlice@pec.example, migrated,new2\nbob@pec.example,legacy\n",
             &domains(),
-            "t",
+            &|b| b == "new2",
         )
         .unwrap();
         assert_eq!(rows.len(), 2);
-        assert_eq!(rows[0].0, "alice@pec.example");
-        assert_eq!(rows[0].1.state, MailboxState::Migrated);
+        assert_eq!(
+            rows[0],
+            (
+                "alice@pec.example".into(),
+                MailboxState::Migrated,
+                Some("new2".into())
+            )
+        );
+        assert_eq!(rows[1].2, None);
     }
 
     #[test]
     fn reports_every_bad_row_with_its_line() {
         let err = parse_mailbox_csv(
-            "address,state\nok@pec.example,legacy\nx@other.example,legacy\nnot-an-address,legacy\ny@pec.example,gone\n",
+            "address,state\nok@pec.example,legacy\nx@other.example,legacy\nnot-an-address,legacy\ny@pec.example,gone\nz@pec.example,legacy,nowhere\n",
             &domains(),
-            "t",
+            &|_| false,
         )
         .unwrap_err()
         .to_string();
-        assert!(err.starts_with("3 bad row(s)"), "{err}");
+        assert!(err.starts_with("4 bad row(s)"), "{err}");
+        assert!(err.contains("line 6: unknown backend"), "{err}");
         assert!(err.contains("line 3: other.example"), "{err}");
         assert!(err.contains("line 4:"), "{err}");
         assert!(err.contains("line 5: unknown state"), "{err}");

@@ -1,10 +1,12 @@
-//! The durable state store: domain states and per-mailbox overrides.
+//! The durable state store: domain states, per-mailbox overrides, scheduled
+//! transitions and the audit log.
 //!
-//! [`StateStore`] is the small interface the router needs; [`RedbStore`] is
-//! the embedded, crash-safe implementation (one file, transactional). A
-//! fleet backend (PostgreSQL) implements the same trait later. Lookups sit
-//! on the login path, so implementations must answer from memory or local
-//! disk, never the network.
+//! [`StateStore`] is the small interface the router and the control plane
+//! need; [`RedbStore`] is the embedded, crash-safe implementation (one
+//! file, transactional). A fleet backend (PostgreSQL) implements the same
+//! trait later. Every change goes through [`StateStore::apply`], which
+//! writes the change and its audit entries in one transaction. Lookups sit
+//! on the login path, so implementations answer from memory or local disk.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -29,28 +31,114 @@ pub struct DomainRecord {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MailboxRecord {
     pub state: MailboxState,
+    /// A backend other than the domain's for this mailbox's state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<String>,
     pub set_by: String,
     pub updated: i64,
+}
+
+/// What a schedule or an audit entry is about.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", tag = "kind", content = "name")]
+pub enum Subject {
+    Domain(String),
+    Mailbox(String),
+}
+
+impl std::fmt::Display for Subject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Subject::Domain(d) => write!(f, "domain {d}"),
+            Subject::Mailbox(m) => write!(f, "mailbox {m}"),
+        }
+    }
+}
+
+/// A state transition ponte carries out itself at `at`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Schedule {
+    pub id: u64,
+    pub subject: Subject,
+    pub state: MailboxState,
+    /// Unix seconds.
+    pub at: i64,
+    pub by: String,
+    pub created: i64,
+}
+
+/// One line of the audit log: when, who, what, old → new.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub seq: u64,
+    pub at: i64,
+    pub who: String,
+    pub what: String,
+    pub old: Option<String>,
+    pub new: Option<String>,
+}
+
+/// A change to the routing state. Applied atomically with its audit.
+#[derive(Debug, Clone)]
+pub enum Change {
+    DomainState {
+        domain: String,
+        state: MailboxState,
+    },
+    /// Insert or replace mailbox overrides (one or many: an import).
+    Mailboxes(Vec<(String, MailboxState, Option<String>)>),
+    RemoveMailbox {
+        address: String,
+    },
+    AddSchedule {
+        subject: Subject,
+        state: MailboxState,
+        at: i64,
+    },
+    RemoveSchedule {
+        id: u64,
+    },
+}
+
+/// What `apply` did: the audit entries written (empty if nothing changed)
+/// and, for `AddSchedule`, the new schedule's id.
+#[derive(Debug, Default)]
+pub struct Applied {
+    pub audit: Vec<AuditEntry>,
+    pub schedule_id: Option<u64>,
 }
 
 /// Where routing state lives. Addresses and domains are lower case.
 pub trait StateStore: Send + Sync {
     fn domain(&self, name: &str) -> Result<Option<DomainRecord>, StoreError>;
-    fn put_domain(&self, name: &str, rec: &DomainRecord) -> Result<(), StoreError>;
     fn domains(&self) -> Result<Vec<(String, DomainRecord)>, StoreError>;
     fn mailbox(&self, address: &str) -> Result<Option<MailboxRecord>, StoreError>;
+    /// Mailbox overrides, of one domain or all, in address order.
+    fn mailboxes(&self, domain: Option<&str>) -> Result<Vec<(String, MailboxRecord)>, StoreError>;
     fn mailbox_count(&self) -> Result<u64, StoreError>;
-    /// Writes all rows in one transaction: all or nothing.
-    fn put_mailboxes(&self, rows: &[(String, MailboxRecord)]) -> Result<(), StoreError>;
-    fn remove_mailbox(&self, address: &str) -> Result<bool, StoreError>;
+    fn schedules(&self) -> Result<Vec<Schedule>, StoreError>;
+    /// The newest `limit` audit entries, oldest first.
+    fn audit(&self, limit: usize) -> Result<Vec<AuditEntry>, StoreError>;
+    /// Applies `change` as `who`, with its audit entries, all or nothing.
+    fn apply(&self, change: &Change, who: &str) -> Result<Applied, StoreError>;
 }
 
 const DOMAINS: TableDefinition<&str, &[u8]> = TableDefinition::new("domains");
 const MAILBOXES: TableDefinition<&str, &[u8]> = TableDefinition::new("mailboxes");
+const SCHEDULES: TableDefinition<u64, &[u8]> = TableDefinition::new("schedules");
+const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 
 /// The embedded store: a redb file `state.redb` in the configured directory.
 pub struct RedbStore {
     db: Database,
+}
+
+fn json<T: Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(v).map_err(StoreError::new)
+}
+
+fn from_json<T: for<'de> Deserialize<'de>>(b: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(b).map_err(StoreError::new)
 }
 
 impl RedbStore {
@@ -64,6 +152,8 @@ impl RedbStore {
         let txn = db.begin_write().map_err(StoreError::new)?;
         txn.open_table(DOMAINS).map_err(StoreError::new)?;
         txn.open_table(MAILBOXES).map_err(StoreError::new)?;
+        txn.open_table(SCHEDULES).map_err(StoreError::new)?;
+        txn.open_table(AUDIT).map_err(StoreError::new)?;
         txn.commit().map_err(StoreError::new)?;
         Ok(Arc::new(RedbStore { db }))
     }
@@ -75,29 +165,186 @@ impl RedbStore {
     ) -> Result<Option<T>, StoreError> {
         let txn = self.db.begin_read().map_err(StoreError::new)?;
         let t = txn.open_table(table).map_err(StoreError::new)?;
-        match t.get(key).map_err(StoreError::new)? {
-            Some(v) => serde_json::from_slice(v.value())
-                .map(Some)
-                .map_err(StoreError::new),
-            None => Ok(None),
-        }
+        let v = t.get(key).map_err(StoreError::new)?;
+        v.map(|v| from_json(v.value())).transpose()
+    }
+}
+
+/// The write side of one `apply`, inside its transaction.
+struct Writer<'t> {
+    txn: &'t redb::WriteTransaction,
+    who: &'t str,
+    now: i64,
+    applied: Applied,
+}
+
+impl Writer<'_> {
+    fn audit(
+        &mut self,
+        what: String,
+        old: Option<String>,
+        new: Option<String>,
+    ) -> Result<(), StoreError> {
+        let mut t = self.txn.open_table(AUDIT).map_err(StoreError::new)?;
+        let seq = t
+            .last()
+            .map_err(StoreError::new)?
+            .map_or(1, |(k, _)| k.value() + 1);
+        let entry = AuditEntry {
+            seq,
+            at: self.now,
+            who: self.who.to_string(),
+            what,
+            old,
+            new,
+        };
+        t.insert(seq, json(&entry)?.as_slice())
+            .map_err(StoreError::new)?;
+        self.applied.audit.push(entry);
+        Ok(())
     }
 
-    fn put_all<T: Serialize>(
-        &self,
-        table: TableDefinition<&str, &[u8]>,
-        rows: &[(String, T)],
-    ) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().map_err(StoreError::new)?;
+    fn domain_state(&mut self, domain: &str, state: MailboxState) -> Result<(), StoreError> {
+        let old: Option<DomainRecord> = {
+            let t = self.txn.open_table(DOMAINS).map_err(StoreError::new)?;
+            let v = t.get(domain).map_err(StoreError::new)?;
+            v.map(|v| from_json(v.value())).transpose()?
+        };
+        if old
+            .as_ref()
+            .is_some_and(|o| o.state == state && o.set_by == self.who)
         {
-            let mut t = txn.open_table(table).map_err(StoreError::new)?;
-            for (k, v) in rows {
-                let bytes = serde_json::to_vec(v).map_err(StoreError::new)?;
-                t.insert(k.as_str(), bytes.as_slice())
+            return Ok(());
+        }
+        let rec = DomainRecord {
+            state,
+            set_by: self.who.to_string(),
+            updated: self.now,
+        };
+        let mut t = self.txn.open_table(DOMAINS).map_err(StoreError::new)?;
+        t.insert(domain, json(&rec)?.as_slice())
+            .map_err(StoreError::new)?;
+        drop(t);
+        let old_state = old.map(|o| o.state.to_string());
+        if old_state.as_deref() != Some(state.as_str()) {
+            self.audit(
+                format!("domain {domain}"),
+                old_state,
+                Some(state.to_string()),
+            )?;
+        }
+        Ok(())
+    }
+
+    fn mailboxes(
+        &mut self,
+        rows: &[(String, MailboxState, Option<String>)],
+    ) -> Result<(), StoreError> {
+        let mut changed = Vec::new();
+        {
+            let mut t = self.txn.open_table(MAILBOXES).map_err(StoreError::new)?;
+            for (address, state, backend) in rows {
+                let old: Option<MailboxRecord> = t
+                    .get(address.as_str())
+                    .map_err(StoreError::new)?
+                    .map(|v| from_json(v.value()))
+                    .transpose()?;
+                if old
+                    .as_ref()
+                    .is_some_and(|o| o.state == *state && o.backend == *backend)
+                {
+                    continue;
+                }
+                let rec = MailboxRecord {
+                    state: *state,
+                    backend: backend.clone(),
+                    set_by: self.who.to_string(),
+                    updated: self.now,
+                };
+                t.insert(address.as_str(), json(&rec)?.as_slice())
                     .map_err(StoreError::new)?;
+                changed.push((address.clone(), old.map(|o| describe(&o)), describe(&rec)));
             }
         }
-        txn.commit().map_err(StoreError::new)
+        for (address, old, new) in changed {
+            self.audit(format!("mailbox {address}"), old, Some(new))?;
+        }
+        Ok(())
+    }
+
+    fn remove_mailbox(&mut self, address: &str) -> Result<(), StoreError> {
+        let old: Option<MailboxRecord> = {
+            let mut t = self.txn.open_table(MAILBOXES).map_err(StoreError::new)?;
+            let v = t.remove(address).map_err(StoreError::new)?;
+            v.map(|v| from_json(v.value())).transpose()?
+        };
+        if let Some(old) = old {
+            self.audit(format!("mailbox {address}"), Some(describe(&old)), None)?;
+        }
+        Ok(())
+    }
+
+    fn add_schedule(
+        &mut self,
+        subject: &Subject,
+        state: MailboxState,
+        at: i64,
+    ) -> Result<(), StoreError> {
+        let id = {
+            let mut t = self.txn.open_table(SCHEDULES).map_err(StoreError::new)?;
+            let id = t
+                .last()
+                .map_err(StoreError::new)?
+                .map_or(1, |(k, _)| k.value() + 1);
+            let s = Schedule {
+                id,
+                subject: subject.clone(),
+                state,
+                at,
+                by: self.who.to_string(),
+                created: self.now,
+            };
+            t.insert(id, json(&s)?.as_slice())
+                .map_err(StoreError::new)?;
+            id
+        };
+        self.applied.schedule_id = Some(id);
+        let when = time::OffsetDateTime::from_unix_timestamp(at)
+            .ok()
+            .and_then(|t| {
+                t.format(&time::format_description::well_known::Rfc3339)
+                    .ok()
+            })
+            .unwrap_or_else(|| at.to_string());
+        self.audit(
+            format!("schedule {id}: {subject}"),
+            None,
+            Some(format!("{state} at {when}")),
+        )
+    }
+
+    fn remove_schedule(&mut self, id: u64) -> Result<(), StoreError> {
+        let old: Option<Schedule> = {
+            let mut t = self.txn.open_table(SCHEDULES).map_err(StoreError::new)?;
+            let v = t.remove(id).map_err(StoreError::new)?;
+            v.map(|v| from_json(v.value())).transpose()?
+        };
+        if let Some(s) = old {
+            self.audit(
+                format!("schedule {id}: {}", s.subject),
+                Some(s.state.to_string()),
+                None,
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// `migrated` or `migrated via backend2`, for the audit log.
+fn describe(rec: &MailboxRecord) -> String {
+    match &rec.backend {
+        Some(b) => format!("{} via {b}", rec.state),
+        None => rec.state.to_string(),
     }
 }
 
@@ -106,18 +353,13 @@ impl StateStore for RedbStore {
         self.get(DOMAINS, name)
     }
 
-    fn put_domain(&self, name: &str, rec: &DomainRecord) -> Result<(), StoreError> {
-        self.put_all(DOMAINS, &[(name.to_string(), rec.clone())])
-    }
-
     fn domains(&self) -> Result<Vec<(String, DomainRecord)>, StoreError> {
         let txn = self.db.begin_read().map_err(StoreError::new)?;
         let t = txn.open_table(DOMAINS).map_err(StoreError::new)?;
         let mut out = Vec::new();
         for row in t.iter().map_err(StoreError::new)? {
             let (k, v) = row.map_err(StoreError::new)?;
-            let rec = serde_json::from_slice(v.value()).map_err(StoreError::new)?;
-            out.push((k.value().to_string(), rec));
+            out.push((k.value().to_string(), from_json(v.value())?));
         }
         Ok(out)
     }
@@ -126,25 +368,66 @@ impl StateStore for RedbStore {
         self.get(MAILBOXES, address)
     }
 
+    fn mailboxes(&self, domain: Option<&str>) -> Result<Vec<(String, MailboxRecord)>, StoreError> {
+        let txn = self.db.begin_read().map_err(StoreError::new)?;
+        let t = txn.open_table(MAILBOXES).map_err(StoreError::new)?;
+        let suffix = domain.map(|d| format!("@{d}"));
+        let mut out = Vec::new();
+        for row in t.iter().map_err(StoreError::new)? {
+            let (k, v) = row.map_err(StoreError::new)?;
+            let address = k.value();
+            if suffix.as_deref().is_none_or(|s| address.ends_with(s)) {
+                out.push((address.to_string(), from_json(v.value())?));
+            }
+        }
+        Ok(out)
+    }
+
     fn mailbox_count(&self) -> Result<u64, StoreError> {
         let txn = self.db.begin_read().map_err(StoreError::new)?;
         let t = txn.open_table(MAILBOXES).map_err(StoreError::new)?;
         t.len().map_err(StoreError::new)
     }
 
-    fn put_mailboxes(&self, rows: &[(String, MailboxRecord)]) -> Result<(), StoreError> {
-        self.put_all(MAILBOXES, rows)
+    fn schedules(&self) -> Result<Vec<Schedule>, StoreError> {
+        let txn = self.db.begin_read().map_err(StoreError::new)?;
+        let t = txn.open_table(SCHEDULES).map_err(StoreError::new)?;
+        let mut out = Vec::new();
+        for row in t.iter().map_err(StoreError::new)? {
+            out.push(from_json(row.map_err(StoreError::new)?.1.value())?);
+        }
+        Ok(out)
     }
 
-    fn remove_mailbox(&self, address: &str) -> Result<bool, StoreError> {
+    fn audit(&self, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
+        let txn = self.db.begin_read().map_err(StoreError::new)?;
+        let t = txn.open_table(AUDIT).map_err(StoreError::new)?;
+        let mut out = Vec::new();
+        for row in t.iter().map_err(StoreError::new)?.rev().take(limit) {
+            out.push(from_json(row.map_err(StoreError::new)?.1.value())?);
+        }
+        out.reverse();
+        Ok(out)
+    }
+
+    fn apply(&self, change: &Change, who: &str) -> Result<Applied, StoreError> {
         let txn = self.db.begin_write().map_err(StoreError::new)?;
-        let existed = {
-            let mut t = txn.open_table(MAILBOXES).map_err(StoreError::new)?;
-            let removed = t.remove(address).map_err(StoreError::new)?;
-            removed.is_some()
+        let mut w = Writer {
+            txn: &txn,
+            who,
+            now: super::now_unix(),
+            applied: Applied::default(),
         };
+        match change {
+            Change::DomainState { domain, state } => w.domain_state(domain, *state)?,
+            Change::Mailboxes(rows) => w.mailboxes(rows)?,
+            Change::RemoveMailbox { address } => w.remove_mailbox(address)?,
+            Change::AddSchedule { subject, state, at } => w.add_schedule(subject, *state, *at)?,
+            Change::RemoveSchedule { id } => w.remove_schedule(*id)?,
+        }
+        let applied = w.applied;
         txn.commit().map_err(StoreError::new)?;
-        Ok(existed)
+        Ok(applied)
     }
 }
 
@@ -152,21 +435,43 @@ impl StateStore for RedbStore {
 mod tests {
     use super::*;
 
-    fn rec(state: MailboxState) -> MailboxRecord {
-        MailboxRecord {
-            state,
-            set_by: "test".into(),
-            updated: 0,
-        }
-    }
-
     #[test]
-    fn state_survives_reopening() {
+    fn changes_are_audited_and_survive_reopening() {
         let dir = tempfile::tempdir().unwrap();
         {
             let s = RedbStore::open(dir.path()).unwrap();
-            s.put_mailboxes(&[("a@x.example".into(), rec(MailboxState::Migrated))])
+            let rows = vec![("a@x.example".to_string(), MailboxState::Migrated, None)];
+            let applied = s.apply(&Change::Mailboxes(rows.clone()), "ops").unwrap();
+            assert_eq!(applied.audit.len(), 1);
+            // The same change again changes nothing and logs nothing.
+            assert!(s
+                .apply(&Change::Mailboxes(rows), "ops")
+                .unwrap()
+                .audit
+                .is_empty());
+            let at = 1_800_000_000;
+            let sub = Subject::Domain("x.example".into());
+            let id = s
+                .apply(
+                    &Change::AddSchedule {
+                        subject: sub,
+                        state: MailboxState::Blackout,
+                        at,
+                    },
+                    "ops",
+                )
+                .unwrap()
+                .schedule_id
                 .unwrap();
+            assert_eq!(s.schedules().unwrap()[0].id, id);
+            s.apply(
+                &Change::DomainState {
+                    domain: "x.example".into(),
+                    state: MailboxState::Legacy,
+                },
+                "config",
+            )
+            .unwrap();
         }
         let s = RedbStore::open(dir.path()).unwrap();
         assert_eq!(
@@ -174,7 +479,22 @@ mod tests {
             MailboxState::Migrated
         );
         assert_eq!(s.mailbox_count().unwrap(), 1);
-        assert!(s.remove_mailbox("a@x.example").unwrap());
+        let audit = s.audit(10).unwrap();
+        assert_eq!(audit.len(), 3);
+        assert_eq!(audit[0].what, "mailbox a@x.example");
+        assert_eq!(
+            (audit[0].old.as_deref(), audit[0].new.as_deref()),
+            (None, Some("migrated"))
+        );
+        assert_eq!(audit[2].who, "config");
+        s.apply(
+            &Change::RemoveMailbox {
+                address: "a@x.example".into(),
+            },
+            "ops",
+        )
+        .unwrap();
         assert!(s.mailbox("a@x.example").unwrap().is_none());
+        assert_eq!(s.audit(1).unwrap()[0].new, None);
     }
 }
