@@ -104,6 +104,8 @@ pub struct Limits {
     pub max_preauth_bytes: u32,
     /// Concurrent client connections, all listeners together.
     pub max_connections: usize,
+    /// Concurrent connections from one client address.
+    pub max_connections_per_ip: u32,
     /// Failed logins in one connection before it is closed.
     pub max_auth_failures: u32,
     /// Pause before answering a login for an unknown domain, as a backend
@@ -122,6 +124,7 @@ impl Default for Limits {
             shutdown_grace: Duration::from_secs(10),
             max_preauth_bytes: 16 * 1024,
             max_connections: 20_000,
+            max_connections_per_ip: 500,
             max_auth_failures: 3,
             auth_failure_delay: Duration::from_secs(2),
         }
@@ -272,11 +275,34 @@ impl Config {
                 "must be at least 30m (RFC 9051 autologout)",
             ));
         }
-        if self.limits.max_preauth_bytes < 1024 {
-            return Err(ConfigError::invalid(
-                "limits.max_preauth_bytes",
-                "must be at least 1024",
-            ));
+        self.validate_limits()
+    }
+
+    fn validate_limits(&self) -> Result<(), ConfigError> {
+        let l = &self.limits;
+        let bad = |key: &'static str, reason: &str| {
+            Err(ConfigError::invalid(format!("limits.{key}"), reason))
+        };
+        if !(1024..=1024 * 1024).contains(&l.max_preauth_bytes) {
+            return bad("max_preauth_bytes", "must be between 1024 and 1048576");
+        }
+        if !(1..=1_000_000).contains(&l.max_connections) {
+            return bad("max_connections", "must be between 1 and 1000000");
+        }
+        if l.max_connections_per_ip == 0 {
+            return bad("max_connections_per_ip", "must be at least 1");
+        }
+        if l.max_auth_failures == 0 {
+            return bad("max_auth_failures", "must be at least 1");
+        }
+        for (key, d) in [
+            ("preauth_timeout", l.preauth_timeout),
+            ("connect_timeout", l.connect_timeout),
+            ("login_timeout", l.login_timeout),
+        ] {
+            if d.is_zero() {
+                return bad(key, "must be more than 0");
+            }
         }
         Ok(())
     }

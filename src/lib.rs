@@ -3,7 +3,10 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod config;
+pub mod control;
+pub mod ctl;
 pub mod error;
 pub mod net;
 pub mod observe;

@@ -26,12 +26,15 @@ enum Command {
         #[arg(long, default_value = "conf/ponte.toml")]
         config: PathBuf,
     },
+    /// Talk to a running ponte's admin API.
+    Ctl(ponte::ctl::Args),
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
     ponte::observe::init();
     match args.command {
+        Command::Ctl(args) => ponte::ctl::run(args),
         Command::Check { config } => {
             match ponte::Config::load(&config).and_then(|c| ponte::server::check(&c)) {
                 Ok(()) => {

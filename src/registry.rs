@@ -8,6 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use dashmap::DashMap;
+
+use crate::route::MailboxState;
 use tokio_util::sync::CancellationToken;
 
 /// One live session.
@@ -17,6 +19,7 @@ pub struct Entry {
     pub address: String,
     pub domain: String,
     pub route: String,
+    pub state: MailboxState,
     pub listener: String,
     pub peer: SocketAddr,
     pub since: SystemTime,
@@ -52,6 +55,7 @@ pub struct Info {
     pub address: String,
     pub domain: String,
     pub route: String,
+    pub state: MailboxState,
     pub listener: String,
     pub peer: SocketAddr,
 }
@@ -71,7 +75,16 @@ pub struct Registration {
 impl Drop for Registration {
     fn drop(&mut self) {
         self.registry.sessions.remove(&self.entry.id);
+        open_gauge(&self.entry).decrement(1.0);
     }
+}
+
+/// Logged-in sessions by listener, route and state.
+fn open_gauge(e: &Entry) -> metrics::Gauge {
+    metrics::gauge!(
+        "ponte_sessions_logged_in",
+        "listener" => e.listener.clone(), "route" => e.route.clone(), "state" => e.state.as_str()
+    )
 }
 
 impl Registry {
@@ -86,6 +99,7 @@ impl Registry {
             address: info.address,
             domain: info.domain,
             route: info.route,
+            state: info.state,
             listener: info.listener,
             peer: info.peer,
             since: SystemTime::now(),
@@ -93,6 +107,7 @@ impl Registry {
             reason: Mutex::new(None),
         });
         self.sessions.insert(id, entry.clone());
+        open_gauge(&entry).increment(1.0);
         Registration {
             registry: self.clone(),
             entry,
@@ -107,6 +122,17 @@ impl Registry {
     /// Closes every session of a domain's mailboxes; returns how many.
     pub fn kick_domain(&self, domain: &str, reason: &str) -> usize {
         self.kick_where(|e| e.domain == domain, reason)
+    }
+
+    /// Closes one session by id; returns 1 if it was open.
+    pub fn kick_id(&self, id: u64, reason: &str) -> usize {
+        match self.sessions.get(&id) {
+            Some(e) => {
+                e.value().kick(reason);
+                1
+            }
+            None => 0,
+        }
     }
 
     fn kick_where(&self, pred: impl Fn(&Entry) -> bool, reason: &str) -> usize {
@@ -144,6 +170,7 @@ mod tests {
             address: address.into(),
             domain: address.rsplit_once('@').unwrap().1.into(),
             route: "legacy".into(),
+            state: MailboxState::Legacy,
             listener: "imap".into(),
             peer: "127.0.0.1:1".parse().unwrap(),
         }

@@ -13,7 +13,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+use crate::admin::auth::{load_tokens, Token};
+use crate::admin::AdminState;
 use crate::config::{Config, ListenerConfig};
+use crate::control::{scheduler, Control};
 use crate::error::{ConfigError, ServerError};
 use crate::net::backend::{self, Backends};
 use crate::net::listener;
@@ -35,6 +38,8 @@ pub struct Ctx {
 /// One accepted connection.
 pub struct ConnInfo {
     pub id: u64,
+    /// When it was accepted: the pre-auth deadline counts from here.
+    pub accepted: tokio::time::Instant,
     pub peer: SocketAddr,
     pub local: SocketAddr,
     pub listener: Arc<ListenerConfig>,
@@ -51,7 +56,9 @@ pub fn check(config: &Config) -> Result<(), ConfigError> {
 /// A server with its listeners bound, ready to run.
 pub struct Server {
     ctx: Arc<Ctx>,
+    control: Arc<Control>,
     listeners: Vec<(Arc<ListenerConfig>, TcpListener)>,
+    admin: Option<(TcpListener, Vec<Token>)>,
 }
 
 impl Server {
@@ -81,25 +88,45 @@ impl Server {
                 })?;
             listeners.push((Arc::new(l.clone()), tcp));
         }
-        let ctx = Ctx {
+        let admin = match &config.admin {
+            Some(a) => {
+                let tokens = load_tokens(&a.token_file)?;
+                let tcp = TcpListener::bind(a.bind)
+                    .await
+                    .map_err(|source| ServerError::Bind {
+                        name: "admin".into(),
+                        addr: a.bind.to_string(),
+                        source,
+                    })?;
+                Some((tcp, tokens))
+            }
+            None => None,
+        };
+        let ctx = Arc::new(Ctx {
             config,
             router,
             backends,
             registry: Registry::new(),
             tls,
             hard_stop: CancellationToken::new(),
-        };
+        });
         Ok(Server {
-            ctx: Arc::new(ctx),
+            control: Control::new(ctx.clone()),
+            ctx,
             listeners,
+            admin,
         })
     }
 
     /// Bound addresses by listener name (port 0 in the file becomes real here).
+    /// The admin listener, if configured, is named `admin`.
     pub fn local_addrs(&self) -> BTreeMap<String, SocketAddr> {
+        let admin = self.admin.iter().map(|(tcp, _)| ("admin".to_string(), tcp));
         self.listeners
             .iter()
-            .filter_map(|(l, tcp)| Some((l.name.clone(), tcp.local_addr().ok()?)))
+            .map(|(l, tcp)| (l.name.clone(), tcp))
+            .chain(admin)
+            .filter_map(|(name, tcp)| Some((name, tcp.local_addr().ok()?)))
             .collect()
     }
 
@@ -107,13 +134,17 @@ impl Server {
         &self.ctx
     }
 
+    pub fn control(&self) -> &Arc<Control> {
+        &self.control
+    }
+
     /// Serves until `shutdown` is cancelled, then drains.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), ServerError> {
         let sessions = TaskTracker::new();
         let accept_loops = TaskTracker::new();
-        let permits = Arc::new(tokio::sync::Semaphore::new(
-            self.ctx.config.limits.max_connections,
-        ));
+        let limits = &self.ctx.config.limits;
+        let permits = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+        let per_ip = crate::net::per_ip::PerIp::new(limits.max_connections_per_ip);
         for (cfg, tcp) in self.listeners {
             info!(listener = %cfg.name, addr = ?tcp.local_addr().ok(), protocol = cfg.protocol.name(), "listening");
             let l = listener::Listener {
@@ -121,11 +152,29 @@ impl Server {
                 cfg,
                 ctx: self.ctx.clone(),
                 permits: permits.clone(),
+                per_ip: per_ip.clone(),
                 sessions: sessions.clone(),
                 stop: shutdown.clone(),
             };
             accept_loops.spawn(l.accept_loop());
         }
+        if let Some((tcp, tokens)) = self.admin {
+            let state = Arc::new(AdminState {
+                control: self.control.clone(),
+                tokens,
+                metrics: crate::observe::metrics(),
+            });
+            info!(addr = ?tcp.local_addr().ok(), "admin API listening");
+            let stop = shutdown.clone();
+            accept_loops.spawn(async move {
+                let serve = axum::serve(tcp, crate::admin::app(state))
+                    .with_graceful_shutdown(stop.cancelled_owned());
+                if let Err(e) = serve.await {
+                    warn!(error = %e, "admin API stopped");
+                }
+            });
+        }
+        accept_loops.spawn(scheduler::run(self.control.clone(), shutdown.clone()));
         accept_loops.close();
         shutdown.cancelled().await;
         accept_loops.wait().await;

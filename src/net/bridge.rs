@@ -39,7 +39,21 @@ pub struct Spliced {
     pub up: u64,
     pub down: u64,
     pub end: End,
+    /// The client's stream stands between two backend messages, so the
+    /// caller may write a goodbye of its own.
+    pub at_boundary: bool,
 }
+
+/// Where the backend-to-client stream may take a message of the proxy's
+/// own; the protocol knows (e.g. not inside an IMAP literal).
+pub trait Boundary: Send {
+    /// Sees every byte going to the client, in order.
+    fn observe(&mut self, bytes: &[u8]);
+    fn at_boundary(&self) -> bool;
+}
+
+/// How long a stopped bridge may go on relaying to reach a boundary.
+const DRAIN_LIMIT: Duration = Duration::from_secs(5);
 
 /// What may stop a bridge from outside.
 pub struct Stops<'a> {
@@ -48,8 +62,15 @@ pub struct Stops<'a> {
     pub idle: Duration,
 }
 
-/// Copies both ways until the end; see [`End`].
-pub async fn splice<C, B>(client: &mut C, backend: &mut B, stops: Stops<'_>) -> Spliced
+/// Copies both ways until the end; see [`End`]. On a stop from outside,
+/// it relays the backend's current message to its end (up to a limit)
+/// before returning, so that the caller can say goodbye cleanly.
+pub async fn splice<C, B>(
+    client: &mut C,
+    backend: &mut B,
+    stops: Stops<'_>,
+    boundary: &mut dyn Boundary,
+) -> Spliced
 where
     C: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
@@ -59,11 +80,19 @@ where
     let mut down = Direction::default();
     let end = {
         let copy = std::future::poll_fn(|cx| {
-            let u = up.poll_copy(cx, &mut *client, &mut *backend, &clock);
-            let d = down.poll_copy(cx, &mut *backend, &mut *client, &clock);
+            let u = up.poll_copy(cx, &mut *client, &mut *backend, &clock, None);
+            let d = down.poll_copy(
+                cx,
+                &mut *backend,
+                &mut *client,
+                &clock,
+                Some(&mut *boundary),
+            );
             match (u, d) {
                 (Poll::Ready(Err(e)), _) | (_, Poll::Ready(Err(e))) => Poll::Ready(Err(e)),
-                (Poll::Ready(Ok(())), Poll::Ready(Ok(()))) => Poll::Ready(Ok(())),
+                // The backend is done (e.g. after LOGOUT): nothing more can
+                // reach the client, whatever the client still sends.
+                (_, Poll::Ready(Ok(()))) => Poll::Ready(Ok(())),
                 _ => Poll::Pending,
             }
         });
@@ -77,10 +106,20 @@ where
             _ = clock.idle_for(stops.idle) => End::Idle,
         }
     };
+    let at_boundary = match end {
+        End::Kicked | End::Shutdown | End::Idle => {
+            let drain = std::future::poll_fn(|cx| {
+                down.poll_drain(cx, &mut *backend, &mut *client, &mut *boundary)
+            });
+            matches!(tokio::time::timeout(DRAIN_LIMIT, drain).await, Ok(Ok(())))
+        }
+        _ => false,
+    };
     Spliced {
         up: up.bytes,
         down: down.bytes,
         end,
+        at_boundary,
     }
 }
 
@@ -111,12 +150,13 @@ struct Direction {
 }
 
 impl Direction {
-    fn poll_copy<R, W>(
+    fn poll_copy<'b, R, W>(
         &mut self,
         cx: &mut Context<'_>,
         r: &mut R,
         w: &mut W,
         clock: &Clock,
+        mut boundary: Option<&mut (dyn Boundary + 'b)>,
     ) -> Poll<io::Result<()>>
     where
         R: AsyncRead + Unpin,
@@ -127,7 +167,7 @@ impl Direction {
                 Phase::Copying => {
                     // Read nothing more while the writer is backed up.
                     ready!(self.poll_pending(cx, w))?;
-                    match self.poll_read_through(cx, r, w) {
+                    match self.poll_read_through(cx, r, w, boundary.as_deref_mut()) {
                         Poll::Ready(Ok(0)) => self.phase = Phase::ShuttingDown,
                         Poll::Ready(Ok(n)) => {
                             self.bytes += n as u64;
@@ -150,6 +190,34 @@ impl Direction {
                     self.phase = Phase::Done;
                 }
                 Phase::Done => return Poll::Ready(Ok(())),
+            }
+        }
+    }
+
+    /// Relays until the stream stands at a boundary, all of it written and
+    /// flushed. An end of stream before that is an error: no boundary.
+    fn poll_drain<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        r: &mut R,
+        w: &mut W,
+        boundary: &mut dyn Boundary,
+    ) -> Poll<io::Result<()>>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        if !matches!(self.phase, Phase::Copying) {
+            return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()));
+        }
+        loop {
+            ready!(self.poll_pending(cx, w))?;
+            if boundary.at_boundary() {
+                return Pin::new(&mut *w).poll_flush(cx);
+            }
+            match ready!(self.poll_read_through(cx, r, w, Some(&mut *boundary)))? {
+                0 => return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into())),
+                n => self.bytes += n as u64,
             }
         }
     }
@@ -177,11 +245,12 @@ impl Direction {
     /// Reads once into the thread's scratch buffer and writes it on at
     /// once; what the writer does not take is kept in `pending`. Returns
     /// the bytes read (0 at end of stream).
-    fn poll_read_through<R, W>(
+    fn poll_read_through<'b, R, W>(
         &mut self,
         cx: &mut Context<'_>,
         r: &mut R,
         w: &mut W,
+        boundary: Option<&mut (dyn Boundary + 'b)>,
     ) -> Poll<io::Result<usize>>
     where
         R: AsyncRead + Unpin,
@@ -191,6 +260,9 @@ impl Direction {
             let mut rb = ReadBuf::new(buf);
             ready!(Pin::new(&mut *r).poll_read(cx, &mut rb))?;
             let n = rb.filled().len();
+            if let Some(b) = boundary {
+                b.observe(&buf[..n]);
+            }
             let mut off = 0;
             while off < n {
                 match Pin::new(&mut *w).poll_write(cx, &buf[off..n]) {
@@ -243,6 +315,7 @@ impl Clock {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::imap::boundary::ResponseBoundary;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     #[tokio::test(start_paused = true)]
@@ -257,7 +330,13 @@ mod tests {
                 shutdown: &shutdown,
                 idle: Duration::from_secs(1800),
             };
-            splice(&mut proxy_c, &mut proxy_b, stops).await
+            splice(
+                &mut proxy_c,
+                &mut proxy_b,
+                stops,
+                &mut ResponseBoundary::default(),
+            )
+            .await
         });
         // Activity every 20 minutes keeps it open past 30 minutes.
         for _ in 0..3 {
@@ -285,7 +364,13 @@ mod tests {
                 shutdown: &shutdown,
                 idle: Duration::from_secs(60),
             };
-            splice(&mut proxy_c, &mut proxy_b, stops).await
+            splice(
+                &mut proxy_c,
+                &mut proxy_b,
+                stops,
+                &mut ResponseBoundary::default(),
+            )
+            .await
         });
         let up: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
         let down: Vec<u8> = (0..500_000u32).map(|i| (i * 13 % 253) as u8).collect();
@@ -305,13 +390,18 @@ mod tests {
         });
         let backend_side = tokio::spawn(async move {
             let (mut r, mut w) = tokio::io::split(backend);
+            let (read_all, all_read) = tokio::sync::oneshot::channel();
+            // The backend closes only after it has read everything: once
+            // it closes, the bridge ends.
             let writer = async move {
                 w.write_all(&down2).await.unwrap();
+                let _ = all_read.await;
                 w.shutdown().await.unwrap();
             };
             let reader = async move {
                 let mut got = Vec::new();
                 r.read_to_end(&mut got).await.unwrap();
+                let _ = read_all.send(());
                 got
             };
             tokio::join!(writer, reader).1
@@ -321,5 +411,48 @@ mod tests {
         let done = bridge.await.unwrap();
         assert!(matches!(done.end, End::Closed), "{:?}", done.end);
         assert_eq!((done.up, done.down), (up.len() as u64, down.len() as u64));
+    }
+
+    #[tokio::test]
+    async fn a_kick_waits_for_the_end_of_the_current_literal() {
+        let (mut client, mut proxy_c) = tokio::io::duplex(64 * 1024);
+        let (mut proxy_b, mut backend) = tokio::io::duplex(64 * 1024);
+        let kick = CancellationToken::new();
+        let k = kick.clone();
+        let shutdown = CancellationToken::new();
+        let bridge = tokio::spawn(async move {
+            let stops = Stops {
+                kick: &k,
+                shutdown: &shutdown,
+                idle: Duration::from_secs(60),
+            };
+            let done = splice(
+                &mut proxy_c,
+                &mut proxy_b,
+                stops,
+                &mut ResponseBoundary::default(),
+            )
+            .await;
+            // What the IMAP session does next: its goodbye, if safe.
+            if done.at_boundary {
+                proxy_c.write_all(b"* BYE moved\r\n").await.unwrap();
+            }
+            done
+        });
+        backend
+            .write_all(b"* 1 FETCH (BODY[] {10}\r\n01234")
+            .await
+            .unwrap();
+        let mut buf = vec![0u8; 29];
+        client.read_exact(&mut buf).await.unwrap();
+        kick.cancel();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        backend.write_all(b"56789)\r\n").await.unwrap();
+        let done = bridge.await.unwrap();
+        assert!(matches!(done.end, End::Kicked) && done.at_boundary);
+        drop(backend);
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).await.unwrap();
+        assert_eq!(rest, b"56789)\r\n* BYE moved\r\n");
     }
 }

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
 
+use super::per_ip::{IpSlot, PerIp};
 use super::stream::Stream;
 use crate::config::{ListenerConfig, TlsMode};
 use crate::proto;
@@ -24,6 +25,7 @@ pub struct Listener {
     pub cfg: Arc<ListenerConfig>,
     pub ctx: Arc<Ctx>,
     pub permits: Arc<Semaphore>,
+    pub per_ip: Arc<PerIp>,
     pub sessions: TaskTracker,
     pub stop: CancellationToken,
 }
@@ -46,13 +48,15 @@ impl Listener {
                     }
                 },
             };
-            let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+            let permit = self.permits.clone().try_acquire_owned().ok();
+            let Some(slots) = permit.zip(self.per_ip.acquire(peer.ip())) else {
                 self.sessions
                     .spawn(refuse_over_limit(tcp, self.cfg.clone()));
                 continue;
             };
             let conn = ConnInfo {
                 id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+                accepted: tokio::time::Instant::now(),
                 peer,
                 local: tcp.local_addr().unwrap_or(peer),
                 listener: self.cfg.clone(),
@@ -63,14 +67,23 @@ impl Listener {
             );
             let ctx = self.ctx.clone();
             self.sessions
-                .spawn(handle(tcp, conn, ctx, permit).instrument(span));
+                .spawn(handle(tcp, conn, ctx, slots).instrument(span));
         }
     }
 }
 
 /// One connection from accept to close.
-async fn handle(tcp: TcpStream, conn: ConnInfo, ctx: Arc<Ctx>, _permit: OwnedSemaphorePermit) {
+async fn handle(
+    tcp: TcpStream,
+    conn: ConnInfo,
+    ctx: Arc<Ctx>,
+    _slots: (OwnedSemaphorePermit, IpSlot),
+) {
     let started = Instant::now();
+    let name = conn.listener.name.clone();
+    metrics::counter!("ponte_connections_total", "listener" => name.clone()).increment(1);
+    let open_gauge = metrics::gauge!("ponte_connections_open", "listener" => name);
+    open_gauge.increment(1.0);
     let _ = tcp.set_nodelay(true);
     let session = async {
         let stream = match open(tcp, &conn, &ctx).await {
@@ -93,6 +106,7 @@ async fn handle(tcp: TcpStream, conn: ConnInfo, ctx: Arc<Ctx>, _permit: OwnedSem
         _ = session => {}
         _ = stopped => debug!("session dropped at shutdown"),
     }
+    open_gauge.decrement(1.0);
 }
 
 /// Implicit TLS handshake (inside the task, under the pre-auth timeout).
@@ -102,7 +116,7 @@ async fn open(tcp: TcpStream, conn: &ConnInfo, ctx: &Ctx) -> Result<Stream, Stri
     }
     let config = ctx.tls.clone().ok_or("no TLS certificate configured")?;
     let accept = TlsAcceptor::from(config).accept(tcp);
-    match tokio::time::timeout(ctx.config.limits.preauth_timeout, accept).await {
+    match tokio::time::timeout_at(conn.accepted + ctx.config.limits.preauth_timeout, accept).await {
         Ok(Ok(s)) => Ok(Stream::Server(Box::new(s))),
         Ok(Err(e)) => Err(format!("TLS handshake: {e}")),
         Err(_) => Err("TLS handshake timed out".into()),

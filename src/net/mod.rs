@@ -4,5 +4,6 @@
 pub mod backend;
 pub mod bridge;
 pub mod listener;
+pub mod per_ip;
 pub mod stream;
 pub mod tls;

@@ -32,10 +32,12 @@ pub struct Route {
 pub enum Target {
     /// Proxy the session to this backend, unchanged.
     Live { backend: String },
-    /// Refuse the login with a temporary error (cut-over in progress).
-    Unavailable { notice: String },
-    /// Refuse the login for good (the mailbox is not served any more).
-    Refused { notice: String },
+    /// Refuse the login with a temporary error (cut-over in progress),
+    /// once `check` (the legacy backend) has accepted the password.
+    Unavailable { notice: String, check: String },
+    /// Refuse the login for good (the mailbox is not served any more),
+    /// once `check` has accepted the password.
+    Refused { notice: String, check: String },
 }
 
 impl Target {
@@ -133,9 +135,11 @@ fn target_for(state: MailboxState, cfg: &DomainConfig, backend: Option<String>) 
         },
         MailboxState::Blackout => Target::Unavailable {
             notice: notice("This mailbox is being moved to a new provider; try again later."),
+            check: cfg.legacy.clone(),
         },
         MailboxState::Excluded => Target::Refused {
             notice: notice("This mailbox is no longer served here."),
+            check: cfg.legacy.clone(),
         },
     }
 }
@@ -143,7 +147,8 @@ fn target_for(state: MailboxState, cfg: &DomainConfig, backend: Option<String>) 
 /// Lower-cases a login and completes a bare local part with the default
 /// domain. `None` when there is no usable domain.
 pub fn normalize(login: &str, default_domain: Option<&str>) -> Option<String> {
-    let login = login.trim().to_lowercase();
+    // ASCII only: full Unicode case folding maps e.g. the Kelvin sign to k.
+    let login = login.trim().to_ascii_lowercase();
     if login.is_empty() || login.chars().any(|c| c.is_control() || c.is_whitespace()) {
         return None;
     }
@@ -154,7 +159,7 @@ pub fn normalize(login: &str, default_domain: Option<&str>) -> Option<String> {
     }
 }
 
-pub(crate) fn now_unix() -> i64 {
+pub fn now_unix() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
 }
 

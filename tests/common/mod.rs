@@ -2,6 +2,7 @@
 //! through its public API, and the real clients that drive it.
 #![allow(dead_code)]
 
+pub mod admin;
 pub mod certs;
 pub mod clients;
 pub mod dovecot;

@@ -55,8 +55,11 @@ pub fn marker(backend: &str, user: &str) -> String {
     format!("{backend} store of {user}")
 }
 
+/// The admin API token (name `ops`) in the world's token file.
+pub const ADMIN_TOKEN: &str = "test-token-0123456789abcdef";
+
 /// Listener names in the order `config` writes them.
-pub const LISTENERS: [&str; 3] = ["imap", "imap-starttls", "imaps"];
+pub const LISTENERS: [&str; 4] = ["admin", "imap", "imap-starttls", "imaps"];
 
 pub struct World {
     pub dir: tempfile::TempDir,
@@ -117,6 +120,11 @@ impl World {
             ca.issue(names).write_to(dir.path(), stem);
         }
         std::fs::write(
+            dir.path().join("admin.token"),
+            format!("ops:{ADMIN_TOKEN}\n"),
+        )
+        .expect("token");
+        std::fs::write(
             dir.path().join("mailboxes.csv"),
             "address,state\nbob@pec.example,migrated\n",
         )
@@ -143,6 +151,10 @@ impl World {
 [state]
 path = "{d}/state"
 seed = "{d}/mailboxes.csv"
+
+[admin]
+bind = "127.0.0.1:0"
+token_file = "{d}/admin.token"
 
 [limits]
 shutdown_grace = "2s"

@@ -29,15 +29,23 @@ pub struct ClientInfo<'a> {
 }
 
 pub enum Login {
-    /// Logged in: the stream, the backend's tagged OK without its tag
-    /// (`OK [CAPABILITY …] Logged in\r\n`) and whatever it sent after it.
+    /// Logged in: the stream, the backend's `[ALERT]`s, its tagged OK
+    /// without the tag (`OK [CAPABILITY …] Logged in\r\n`) and whatever
+    /// it sent after it.
     Ok {
         stream: Stream,
+        alerts: Vec<u8>,
         reply: Vec<u8>,
         rest: Vec<u8>,
     },
-    /// The backend refused: its tagged answer without the tag.
-    Refused { reply: Vec<u8> },
+    /// The backend refused: its `[ALERT]`s and its tagged answer without
+    /// the tag. `temporary` when it says so (`[UNAVAILABLE]`): not the
+    /// client's fault.
+    Refused {
+        alerts: Vec<u8>,
+        reply: Vec<u8>,
+        temporary: bool,
+    },
 }
 
 /// Responses before login are small; a backend that sends more is broken.
@@ -75,8 +83,10 @@ pub async fn login(
     };
     let mut caps = conn.greeting().await?;
     if ep.starttls {
+        // RFC 9051 §6.2.1: capabilities from before TLS are forgotten, so
+        // that a man in the middle cannot strip ID or SASL-IR.
         conn = conn.starttls(connect_timeout).await?;
-        caps.retain(|c| c != "LOGINDISABLED");
+        caps = conn.capabilities().await?;
     }
     conn.deadline = Instant::now() + login_timeout;
     conn.authenticate(creds, client, &caps).await
@@ -91,6 +101,9 @@ impl Conn<'_> {
                 }
                 Some(Frame::Message) => return Ok(()),
                 Some(Frame::Literal { .. }) => {}
+                None if self.framer.pending() > MAX_RESPONSE as usize => {
+                    return Err(self.backend.protocol_error("response too long"))
+                }
                 None => {
                     let fill = self.framer.fill(&mut self.stream);
                     match tokio::time::timeout_at(self.deadline, fill).await {
@@ -137,12 +150,11 @@ impl Conn<'_> {
         })
     }
 
-    /// Upgrades the connection; the capabilities read before stay in use
-    /// (only STARTTLS and LOGINDISABLED change with TLS on a sane server).
+    /// Upgrades the connection with STARTTLS.
     async fn starttls(mut self, limit: Duration) -> Result<Self, BackendError> {
         self.send(b"p0 STARTTLS\r\n").await?;
         let (kind, _) = self.until_tagged("p0").await?;
-        if kind != StatusKind::Ok {
+        if kind != Some(StatusKind::Ok) {
             return Err(self.backend.protocol_error("STARTTLS refused"));
         }
         if self.framer.pending() > 0 {
@@ -186,6 +198,7 @@ impl Conn<'_> {
             out.extend_from_slice(b"p2 AUTHENTICATE PLAIN\r\n");
         }
         self.send(&out).await?;
+        let mut alerts = Vec::new();
         let (kind, reply) = loop {
             self.read_message().await?;
             let msg = self.framer.message();
@@ -197,32 +210,47 @@ impl Conn<'_> {
             if let Some(tail) = msg.strip_prefix(b"p2 ") {
                 break (status_kind(tail), tail.to_vec());
             }
+            if is_alert(msg) {
+                alerts.extend_from_slice(msg);
+            }
         };
-        if kind != StatusKind::Ok {
-            return Ok(Login::Refused { reply });
+        match kind {
+            Some(StatusKind::Ok) => {}
+            Some(_) => {
+                let temporary = reply
+                    .windows(13)
+                    .any(|w| w.eq_ignore_ascii_case(b"[UNAVAILABLE]"));
+                return Ok(Login::Refused {
+                    alerts,
+                    reply,
+                    temporary,
+                });
+            }
+            None => return Err(self.backend.protocol_error("unreadable login reply")),
         }
         let reply = if has_capability_code(&reply) {
             reply
         } else {
-            self.capability_reply().await?
+            self.capability_reply(reply).await?
         };
         Ok(Login::Ok {
             stream: self.stream,
+            alerts,
             reply,
             rest: self.framer.into_rest(),
         })
     }
 
-    /// For a backend that does not put `[CAPABILITY …]` in its login OK:
-    /// asks, and builds the OK the client should see.
-    async fn capability_reply(&mut self) -> Result<Vec<u8>, BackendError> {
+    /// Asks for the capabilities (after STARTTLS, or after a login OK
+    /// without them), upper case.
+    async fn capabilities(&mut self) -> Result<Vec<String>, BackendError> {
         self.send(b"p3 CAPABILITY\r\n").await?;
-        let mut caps = String::new();
+        let mut caps = Vec::new();
         loop {
             self.read_message().await?;
             let msg = self.framer.message();
             if msg.starts_with(b"p3 ") {
-                break;
+                return Ok(caps);
             }
             if let Ok((_, Response::Data(Data::Capability(c)))) =
                 imap_codec::decode::Decoder::decode(&ResponseCodec::default(), msg)
@@ -230,16 +258,28 @@ impl Conn<'_> {
                 caps = c
                     .as_ref()
                     .iter()
-                    .map(|c| c.to_string())
-                    .collect::<Vec<_>>()
-                    .join(" ");
+                    .map(|c| c.to_string().to_ascii_uppercase())
+                    .collect();
             }
         }
-        Ok(format!("OK [CAPABILITY {caps}] Logged in\r\n").into_bytes())
+    }
+
+    /// For a backend that does not put `[CAPABILITY …]` in its login OK:
+    /// the OK the client should see, with the capabilities asked for (or
+    /// the backend's own OK if it names none).
+    async fn capability_reply(&mut self, ok: Vec<u8>) -> Result<Vec<u8>, BackendError> {
+        let caps = self.capabilities().await?;
+        if caps.is_empty() {
+            return Ok(ok);
+        }
+        Ok(format!("OK [CAPABILITY {}] Logged in\r\n", caps.join(" ")).into_bytes())
     }
 
     /// Reads up to the tagged response for `tag`: its kind and tail.
-    async fn until_tagged(&mut self, tag: &str) -> Result<(StatusKind, Vec<u8>), BackendError> {
+    async fn until_tagged(
+        &mut self,
+        tag: &str,
+    ) -> Result<(Option<StatusKind>, Vec<u8>), BackendError> {
         let prefix = format!("{tag} ");
         loop {
             self.read_message().await?;
@@ -250,15 +290,26 @@ impl Conn<'_> {
     }
 }
 
-/// Kind of a tagged status from its tail (`OK …`, `NO …`, `BAD …`), read
-/// with imap-codec; anything unreadable counts as `BAD`.
-fn status_kind(tail: &[u8]) -> StatusKind {
-    let mut line = b"t ".to_vec();
-    line.extend_from_slice(tail);
-    match imap_codec::decode::Decoder::decode(&ResponseCodec::default(), &line) {
-        Ok((_, Response::Status(Status::Tagged(t)))) => t.body.kind,
-        _ => StatusKind::Bad,
+/// The kind of a tagged status from its first atom (RFC 9051
+/// `resp-cond-state`). Only the atom is read: a full decode would reject
+/// legal replies whose free text is 8-bit (`OK Accesso eseguito, è`).
+fn status_kind(tail: &[u8]) -> Option<StatusKind> {
+    let word = tail.split(|&b| b == b' ' || b == b'\r').next()?;
+    match word.to_ascii_uppercase().as_slice() {
+        b"OK" => Some(StatusKind::Ok),
+        b"NO" => Some(StatusKind::No),
+        b"BAD" => Some(StatusKind::Bad),
+        _ => None,
     }
+}
+
+/// An untagged status with an `[ALERT]` (RFC 9051 §7.1: must be shown to
+/// the user), which the client gets with the login's answer.
+fn is_alert(msg: &[u8]) -> bool {
+    matches!(
+        imap_codec::decode::Decoder::decode(&ResponseCodec::default(), msg),
+        Ok((_, Response::Status(Status::Untagged(body)))) if matches!(body.code, Some(Code::Alert))
+    )
 }
 
 fn has_capability_code(tail: &[u8]) -> bool {
@@ -289,10 +340,15 @@ fn id_command(client: &ClientInfo<'_>) -> String {
     fields.extend(client.id.iter().cloned());
     let body: Vec<String> = fields
         .iter()
-        .filter(|(_, v)| !v.chars().any(char::is_control))
+        // Defence in depth: nothing but printable ASCII goes into the line.
+        .filter(|(k, v)| printable(k) && printable(v))
         .map(|(k, v)| format!("{} {}", quote(k), quote(v)))
         .collect();
     format!("p1 ID ({})\r\n", body.join(" "))
+}
+
+fn printable(s: &str) -> bool {
+    s.bytes().all(|b| (0x20..0x7f).contains(&b))
 }
 
 /// An IMAP quoted string (RFC 9051 `quoted`): backslash and quote escaped.
@@ -307,4 +363,46 @@ fn quote(s: &str) -> String {
     }
     q.push('"');
     q
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn id_command_cannot_carry_line_breaks() {
+        let id = vec![
+            ("name".to_string(), "Thunderbird".to_string()),
+            ("k\r\np9 LOGIN x y".to_string(), "v".to_string()),
+            ("version".to_string(), "1\r\np8 NOOP".to_string()),
+        ];
+        let client = ClientInfo {
+            peer: "192.0.2.7:5000".parse().unwrap(),
+            local: "127.0.0.1:993".parse().unwrap(),
+            session: "ponte-1",
+            id: &id,
+        };
+        let line = id_command(&client);
+        assert_eq!(line.matches("\r\n").count(), 1, "{line:?}");
+        assert!(line.ends_with(")\r\n") && line.contains("\"x-originating-ip\" \"192.0.2.7\""));
+        assert!(
+            line.contains("\"name\" \"Thunderbird\"")
+                && !line.contains("p9")
+                && !line.contains("p8")
+        );
+    }
+
+    #[test]
+    fn status_kind_reads_the_first_atom_only() {
+        assert_eq!(
+            status_kind("OK Accesso eseguito, è\r\n".as_bytes()),
+            Some(StatusKind::Ok)
+        );
+        assert_eq!(
+            status_kind(b"no [AUTHENTICATIONFAILED] x\r\n"),
+            Some(StatusKind::No)
+        );
+        assert_eq!(status_kind(b"BAD\r\n"), Some(StatusKind::Bad));
+        assert_eq!(status_kind(b"PREAUTH x\r\n"), None);
+    }
 }

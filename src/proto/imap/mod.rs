@@ -3,20 +3,21 @@
 //! client with the backend's own OK, then splice until the end.
 
 mod backend;
+pub mod boundary;
 pub mod framer;
 mod preauth;
 
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
-use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use self::backend::{ClientInfo, Login};
+use self::boundary::ResponseBoundary;
 use self::preauth::{Attempt, Front, FrontError, TlsPolicy};
 use crate::net::bridge::{self, End, Stops};
 use crate::net::stream::Stream;
-use crate::registry::Info;
+use crate::registry::{Info, Registration};
 use crate::route::{Route, RouteError, Target};
 use crate::secret::Credentials;
 use crate::server::{ConnInfo, Ctx};
@@ -33,10 +34,13 @@ pub enum Outcome {
 /// A login that succeeded at the backend: what the bridge needs.
 struct Session {
     route: Route,
-    tag: String,
+    /// Listed from routing on, so that a flip during the backend login
+    /// still reaches this session.
+    registration: Registration,
     backend: Stream,
-    reply: Vec<u8>,
-    backend_rest: Vec<u8>,
+    /// Sent to the client before the bridge starts: the backend's alerts,
+    /// its OK under the client's tag, and what it sent after.
+    hello: Vec<u8>,
 }
 
 /// What the client is told when a login does not go through.
@@ -53,7 +57,8 @@ pub async fn serve(stream: Stream, conn: &ConnInfo, ctx: &Ctx) -> Outcome {
         mode: conn.listener.tls,
         config: ctx.tls.clone(),
     };
-    let deadline = Instant::now() + limits.preauth_timeout;
+    // One deadline for everything before login, the TLS handshake included.
+    let deadline = conn.accepted + limits.preauth_timeout;
     let mut front = Front::new(stream, policy, deadline, limits.max_preauth_bytes);
     let session = match authenticate(&mut front, conn, ctx).await {
         Ok(Some(s)) => s,
@@ -78,13 +83,12 @@ async fn authenticate(
         let Some(attempt) = front.next_login().await? else {
             return Ok(None);
         };
-        let tag = attempt.tag.clone();
         match try_login(attempt, front, conn, ctx).await {
             Ok(session) => return Ok(Some(session)),
-            Err(Refusal::Retry(text)) => front.write(format!("{tag} {text}").as_bytes()).await?,
+            Err(Refusal::Retry(text)) => front.write(text.as_bytes()).await?,
             Err(Refusal::Failed(text)) => {
                 failures += 1;
-                front.write(format!("{tag} {text}").as_bytes()).await?;
+                front.write(text.as_bytes()).await?;
                 if failures >= ctx.config.limits.max_auth_failures {
                     front
                         .write(b"* BYE Too many authentication failures.\r\n")
@@ -100,51 +104,101 @@ const AUTH_FAILED: &str = "NO [AUTHENTICATIONFAILED] Authentication failed.\r\n"
 const UNAVAILABLE: &str =
     "NO [UNAVAILABLE] Mail server temporarily unavailable, try again later.\r\n";
 
-/// Routes the login and, for a live route, logs in at the backend.
+/// Routes the login and logs in at the backend the route names. Mailboxes
+/// that are not served (blackout for now, excluded) are refused only after
+/// the legacy backend accepted the password, so that nobody learns a
+/// mailbox's state or notice without it.
 async fn try_login(
     attempt: Attempt,
     front: &Front,
     conn: &ConnInfo,
     ctx: &Ctx,
 ) -> Result<Session, Refusal> {
-    let span = tracing::Span::current();
     let Attempt { tag, creds } = attempt;
+    let route = resolve(&tag, &creds.user, conn, ctx).await?;
+    let span = tracing::Span::current();
+    span.record("mailbox", route.address.as_str());
+    span.record("route", route.target.label());
+    // The backend knows the mailbox by its full address, whatever form
+    // (bare local part, mixed case) the client typed.
+    let creds = Credentials {
+        user: route.address.clone(),
+        password: creds.password,
+    };
+    let (backend_name, refusal) = match &route.target {
+        Target::Live { backend } => (backend.clone(), None),
+        Target::Unavailable { notice, check } => (
+            check.clone(),
+            Some(format!("{tag} NO [UNAVAILABLE] {}\r\n", one_line(notice))),
+        ),
+        Target::Refused { notice, check } => (
+            check.clone(),
+            Some(format!("{tag} NO [CONTACTADMIN] {}\r\n", one_line(notice))),
+        ),
+    };
+    let registration = ctx.registry.register(Info {
+        address: route.address.clone(),
+        domain: route.domain.clone(),
+        route: route.target.label().to_string(),
+        state: route.state,
+        listener: conn.listener.name.clone(),
+        peer: conn.peer,
+    });
+    let (stream, alerts, reply, rest) =
+        backend_login(&tag, &backend_name, &creds, front, conn, ctx).await?;
+    if let Some(text) = refusal {
+        info!(state = %route.state, "login refused: mailbox not served here now");
+        count_login(conn, "refused");
+        return Err(Refusal::Retry(text));
+    }
+    let mut hello = alerts;
+    hello.reserve(tag.len() + 1 + reply.len() + rest.len());
+    hello.extend_from_slice(tag.as_bytes());
+    hello.push(b' ');
+    hello.extend_from_slice(&reply);
+    hello.extend_from_slice(&rest);
+    Ok(Session {
+        route,
+        registration,
+        backend: stream,
+        hello,
+    })
+}
+
+/// The route of a login; unknown domains fail like a wrong password.
+async fn resolve(tag: &str, user: &str, conn: &ConnInfo, ctx: &Ctx) -> Result<Route, Refusal> {
     let default_domain = conn.listener.default_domain.as_deref();
-    let route = match ctx.router.resolve(&creds.user, default_domain) {
-        Ok(r) => r,
+    match ctx.router.resolve(user, default_domain) {
+        Ok(r) => Ok(r),
         Err(RouteError::UnknownDomain) => {
-            info!(user = %creds.user, outcome = "unknown domain", "login refused");
+            // Only the domain part: people type passwords into user fields.
+            let domain = user.rsplit_once('@').map_or("", |(_, d)| d);
+            info!(domain = ?domain, outcome = "unknown domain", "login refused");
+            count_login(conn, "unknown_domain");
             // Same pace as a wrong password, so a probe learns nothing.
             tokio::time::sleep(ctx.config.limits.auth_failure_delay).await;
-            return Err(Refusal::Failed(AUTH_FAILED.into()));
+            Err(Refusal::Failed(format!("{tag} {AUTH_FAILED}")))
         }
         Err(RouteError::Store(e)) => {
             warn!(error = %e, "route lookup failed");
-            return Err(Refusal::Retry(UNAVAILABLE.into()));
+            count_login(conn, "store_error");
+            Err(Refusal::Retry(format!("{tag} {UNAVAILABLE}")))
         }
-    };
-    span.record("mailbox", route.address.as_str());
-    span.record("route", route.target.label());
-    let backend_name = match &route.target {
-        Target::Live { backend } => backend.clone(),
-        Target::Unavailable { notice } => {
-            info!(state = %route.state, "login refused: mailbox unavailable");
-            return Err(Refusal::Retry(format!(
-                "NO [UNAVAILABLE] {}\r\n",
-                one_line(notice)
-            )));
-        }
-        Target::Refused { notice } => {
-            info!(state = %route.state, "login refused: mailbox not served");
-            return Err(Refusal::Failed(format!(
-                "NO [CONTACTADMIN] {}\r\n",
-                one_line(notice)
-            )));
-        }
-    };
-    let Some(backend) = ctx.backends.get(&backend_name) else {
+    }
+}
+
+/// Logs in at the named backend: the stream, alerts, tagged reply and rest.
+async fn backend_login(
+    tag: &str,
+    backend_name: &str,
+    creds: &Credentials,
+    front: &Front,
+    conn: &ConnInfo,
+    ctx: &Ctx,
+) -> Result<(Stream, Vec<u8>, Vec<u8>, Vec<u8>), Refusal> {
+    let Some(backend) = ctx.backends.get(backend_name) else {
         warn!(backend = %backend_name, "route names an unknown backend");
-        return Err(Refusal::Retry(UNAVAILABLE.into()));
+        return Err(Refusal::Retry(format!("{tag} {UNAVAILABLE}")));
     };
     let session_id = format!("ponte-{}", conn.id);
     let client = ClientInfo {
@@ -153,42 +207,54 @@ async fn try_login(
         session: &session_id,
         id: &front.client_id,
     };
-    // The backend knows the mailbox by its full address, whatever form
-    // (bare local part, mixed case) the client typed.
-    let creds = Credentials {
-        user: route.address.clone(),
-        password: creds.password,
-    };
     let limits = &ctx.config.limits;
-    match backend::login(
+    let started = std::time::Instant::now();
+    let login = backend::login(
         backend,
-        &creds,
+        creds,
         &client,
         limits.connect_timeout,
         limits.login_timeout,
     )
-    .await
-    {
+    .await;
+    metrics::histogram!("ponte_backend_login_seconds", "backend" => backend_name.to_string())
+        .record(started.elapsed().as_secs_f64());
+    match login {
         Ok(Login::Ok {
             stream,
+            alerts,
             reply,
             rest,
-        }) => Ok(Session {
-            route,
-            tag,
-            backend: stream,
+        }) => Ok((stream, alerts, reply, rest)),
+        Ok(Login::Refused {
+            alerts,
             reply,
-            backend_rest: rest,
-        }),
-        Ok(Login::Refused { reply }) => {
-            info!(outcome = "backend refused", "login refused");
-            Err(Refusal::Failed(
-                String::from_utf8_lossy(&reply).into_owned(),
-            ))
+            temporary,
+        }) => {
+            info!(outcome = "backend refused", temporary, "login refused");
+            count_login(
+                conn,
+                if temporary {
+                    "backend_unavailable"
+                } else {
+                    "auth_failed"
+                },
+            );
+            let text = format!(
+                "{}{tag} {}",
+                String::from_utf8_lossy(&alerts),
+                String::from_utf8_lossy(&reply)
+            );
+            Err(if temporary {
+                Refusal::Retry(text)
+            } else {
+                Refusal::Failed(text)
+            })
         }
         Err(e) => {
             warn!(error = %e, "backend unavailable");
-            Err(Refusal::Retry(UNAVAILABLE.into()))
+            count_login(conn, "backend_error");
+            Err(Refusal::Retry(format!("{tag} {UNAVAILABLE}")))
         }
     }
 }
@@ -202,19 +268,10 @@ async fn splice(
     conn: &ConnInfo,
     ctx: &Ctx,
 ) -> Outcome {
-    let registration = ctx.registry.register(Info {
-        address: s.route.address.clone(),
-        domain: s.route.domain.clone(),
-        route: s.route.target.label().to_string(),
-        listener: conn.listener.name.clone(),
-        peer: conn.peer,
-    });
-    info!("logged in");
-    let mut hello = Vec::with_capacity(s.tag.len() + 1 + s.reply.len() + s.backend_rest.len());
-    hello.extend_from_slice(s.tag.as_bytes());
-    hello.push(b' ');
-    hello.extend_from_slice(&s.reply);
-    hello.extend_from_slice(&s.backend_rest);
+    info!(state = %s.route.state, "logged in");
+    count_login(conn, "ok");
+    let registration = s.registration;
+    let hello = s.hello;
     let greet = async {
         client.write_all(&hello).await?;
         client.flush().await?;
@@ -233,7 +290,13 @@ async fn splice(
         shutdown: &ctx.hard_stop,
         idle: ctx.config.limits.idle_timeout,
     };
-    let done = bridge::splice(&mut client, &mut s.backend, stops).await;
+    let done = bridge::splice(
+        &mut client,
+        &mut s.backend,
+        stops,
+        &mut ResponseBoundary::default(),
+    )
+    .await;
     let goodbye = match &done.end {
         End::Kicked => {
             let reason = registration
@@ -246,6 +309,9 @@ async fn splice(
         End::Idle => Some("* BYE Autologout; idle for too long.\r\n".to_string()),
         End::Closed | End::Error(_) => None,
     };
+    // Mid-response (the backend never reached the end of its message) a
+    // BYE would corrupt what the client is receiving: close instead.
+    let goodbye = goodbye.filter(|_| done.at_boundary);
     if let Some(text) = goodbye {
         let _ = tokio::time::timeout(Duration::from_secs(5), async {
             client.write_all(text.as_bytes()).await?;
@@ -254,11 +320,20 @@ async fn splice(
         .await;
     }
     debug!(end = ?done.end, "bridge ended");
+    let listener = conn.listener.name.clone();
+    metrics::counter!("ponte_bytes_total", "listener" => listener.clone(), "direction" => "up")
+        .increment(done.up);
+    metrics::counter!("ponte_bytes_total", "listener" => listener, "direction" => "down")
+        .increment(done.down);
     Outcome::Spliced {
         up: done.up + client_rest.len() as u64,
         down: done.down + hello.len() as u64,
         end: done.end,
     }
+}
+
+fn count_login(conn: &ConnInfo, outcome: &'static str) {
+    metrics::counter!("ponte_logins_total", "listener" => conn.listener.name.clone(), "outcome" => outcome).increment(1);
 }
 
 /// Text from configuration or an admin, safe inside one response line.

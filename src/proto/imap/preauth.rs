@@ -162,6 +162,28 @@ impl Front {
         }
     }
 
+    /// Reads one SASL response line (RFC 9051 §6.2.2: base64 or `*`).
+    /// `false` if the client announced a literal instead, which a SASL
+    /// response cannot be: it is refused, never invited.
+    async fn read_sasl_line(&mut self) -> Result<bool, FrontError> {
+        loop {
+            match self.framer.next_frame() {
+                Some(Frame::Message) => return Ok(true),
+                Some(Frame::Literal {
+                    mode: LiteralMode::Sync,
+                    ..
+                }) => {
+                    self.framer.skip_message();
+                    return Ok(false);
+                }
+                // Already on its way: framed as part of this message, which
+                // then fails to decode as a SASL response.
+                Some(Frame::Literal { .. }) => {}
+                None => self.fill().await?,
+            }
+        }
+    }
+
     async fn fill(&mut self) -> Result<(), FrontError> {
         if self.framer.pending() > self.budget {
             self.write(b"* BYE Too much data before login.\r\n").await?;
@@ -193,6 +215,12 @@ impl Front {
     }
 
     async fn on_literal(&mut self, mode: LiteralMode, length: u32) -> Result<(), FrontError> {
+        // A line already over the limit is cut in the framer's buffer:
+        // skipping it would leave the framer's byte count wrong.
+        if self.framer.is_too_long() {
+            self.write(b"* BYE Line too long.\r\n").await?;
+            return Err(FrontError::TooMuch);
+        }
         if length <= self.framer.max() {
             if mode == LiteralMode::Sync {
                 self.write(b"+ Ready for literal data\r\n").await?;
@@ -403,7 +431,9 @@ impl Front {
             return Ok(Some(data));
         }
         self.write(format!("+ {challenge}\r\n").as_bytes()).await?;
-        self.read_message().await?;
+        if !self.read_sasl_line().await? {
+            return Ok(None);
+        }
         Ok(
             match self.framer.decode(&AuthenticateDataCodec::default()) {
                 Ok(AuthenticateData::Continue(data)) => Some(data.declassify().to_vec()),
@@ -415,13 +445,33 @@ impl Front {
 
 /// Keeps an `ID` field the backend may see, bounded in size. The client
 /// cannot set the `x-*` fields ponte uses to forward its address.
+///
+/// Only the field names RFC 2971 §3.3 defines pass, and only printable
+/// ASCII values: the fields are written into a command to the backend, so
+/// a CR or LF here would inject commands before login.
 fn id_field(key: &[u8], value: Option<&[u8]>) -> Option<(String, String)> {
+    const FIELDS: [&str; 11] = [
+        "name",
+        "version",
+        "os",
+        "os-version",
+        "vendor",
+        "support-url",
+        "address",
+        "date",
+        "command",
+        "arguments",
+        "environment",
+    ];
     let key = std::str::from_utf8(key).ok()?.to_ascii_lowercase();
-    let value = std::str::from_utf8(value?).ok()?;
-    if key.starts_with("x-") || key.len() > 64 || value.len() > MAX_ID_VALUE {
+    let value = value?;
+    if !FIELDS.contains(&key.as_str())
+        || value.len() > MAX_ID_VALUE
+        || !value.iter().all(|b| (0x20..0x7f).contains(b))
+    {
         return None;
     }
-    Some((key, value.to_string()))
+    Some((key, String::from_utf8_lossy(value).into_owned()))
 }
 
 /// Base64 of a SASL response, for the backend.

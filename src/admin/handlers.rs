@@ -1,0 +1,353 @@
+//! The admin API's handlers: parse, call the control plane, answer JSON.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::extract::{Extension, Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::auth::Who;
+use super::{AdminState, ApiError};
+use crate::control::Selector;
+use crate::route::{MailboxState, Schedule, Subject, Target};
+
+type Api = Result<Json<Value>, ApiError>;
+type St = State<Arc<AdminState>>;
+
+fn rfc3339(unix: i64) -> Value {
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .map_or(Value::Null, Value::String)
+}
+
+fn state_arg(text: &str) -> Result<MailboxState, ApiError> {
+    text.parse().map_err(ApiError::bad_request)
+}
+
+pub async fn status(State(s): St) -> Api {
+    let ctx = s.control.ctx();
+    let store = ctx.router.store();
+    let mut domains = Vec::new();
+    for (name, cfg) in &ctx.config.domain {
+        let rec = store
+            .domain(name)
+            .map_err(crate::control::ControlError::from)?;
+        let mut counts: BTreeMap<&str, usize> = ["legacy", "blackout", "migrated", "excluded"]
+            .into_iter()
+            .map(|k| (k, 0))
+            .collect();
+        for (_, m) in store
+            .mailboxes(Some(name))
+            .map_err(crate::control::ControlError::from)?
+        {
+            *counts.entry(m.state.as_str()).or_default() += 1;
+        }
+        domains.push(json!({
+            "name": name,
+            "state": rec.as_ref().map_or(cfg.state, |r| r.state),
+            "set_by": rec.as_ref().map_or("config", |r| r.set_by.as_str()),
+            "legacy": cfg.legacy,
+            "new": cfg.new,
+            "tempmail_until": cfg.tempmail_until.map_or(Value::Null, |t| rfc3339(t.unix_timestamp())),
+            "notice": cfg.notice,
+            "mailboxes": counts,
+        }));
+    }
+    let schedules = store
+        .schedules()
+        .map_err(crate::control::ControlError::from)?
+        .len();
+    Ok(Json(json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "sessions": ctx.registry.len(),
+        "schedules": schedules,
+        "domains": domains,
+    })))
+}
+
+#[derive(Deserialize)]
+pub struct StateBody {
+    state: String,
+    #[serde(default)]
+    backend: Option<String>,
+}
+
+pub async fn set_domain(
+    State(s): St,
+    Extension(who): Extension<Who>,
+    Path(name): Path<String>,
+    Json(body): Json<StateBody>,
+) -> Api {
+    let state = state_arg(&body.state)?;
+    let flip = s.control.set_domain(&name, state, &who.0)?;
+    Ok(Json(json!({
+        "domain": name.to_ascii_lowercase(),
+        "old": flip.old,
+        "new": flip.new,
+        "kicked": flip.kicked,
+    })))
+}
+
+#[derive(Deserialize)]
+pub struct DomainQuery {
+    #[serde(default)]
+    domain: Option<String>,
+}
+
+pub async fn list_mailboxes(State(s): St, Query(q): Query<DomainQuery>) -> Api {
+    let domain = q.domain.map(|d| d.to_ascii_lowercase());
+    let rows = s
+        .control
+        .ctx()
+        .router
+        .store()
+        .mailboxes(domain.as_deref())
+        .map_err(crate::control::ControlError::from)?;
+    let list: Vec<Value> = rows
+        .into_iter()
+        .map(|(address, m)| {
+            json!({ "address": address, "state": m.state, "backend": m.backend, "set_by": m.set_by, "updated": rfc3339(m.updated) })
+        })
+        .collect();
+    Ok(Json(json!({ "mailboxes": list })))
+}
+
+pub async fn show_mailbox(State(s): St, Path(address): Path<String>) -> Api {
+    let a = s.control.managed_address(&address)?;
+    let ctx = s.control.ctx();
+    let own = ctx
+        .router
+        .store()
+        .mailbox(&a)
+        .map_err(crate::control::ControlError::from)?;
+    let route = ctx
+        .router
+        .resolve(&a, None)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let backend = match &route.target {
+        Target::Live { backend } => Some(backend.clone()),
+        _ => None,
+    };
+    Ok(Json(json!({
+        "address": a,
+        "state": route.state,
+        "source": if own.is_some() { "mailbox" } else { "domain" },
+        "route": route.target.label(),
+        "backend": backend,
+    })))
+}
+
+pub async fn set_mailbox(
+    State(s): St,
+    Extension(who): Extension<Who>,
+    Path(address): Path<String>,
+    Json(body): Json<StateBody>,
+) -> Api {
+    let state = state_arg(&body.state)?;
+    let flip = s
+        .control
+        .set_mailbox(&address, state, body.backend, &who.0)?;
+    Ok(Json(json!({
+        "address": address.to_lowercase(),
+        "old": flip.old,
+        "new": flip.new,
+        "kicked": flip.kicked,
+    })))
+}
+
+pub async fn remove_mailbox(
+    State(s): St,
+    Extension(who): Extension<Who>,
+    Path(address): Path<String>,
+) -> Api {
+    let (removed, kicked) = s.control.remove_mailbox(&address, &who.0)?;
+    Ok(Json(
+        json!({ "address": address.to_lowercase(), "removed": removed, "kicked": kicked }),
+    ))
+}
+
+pub async fn import(State(s): St, Extension(who): Extension<Who>, body: String) -> Api {
+    // Parsing and the store write are blocking work: keep them off the
+    // runtime's worker threads that serve mail sessions.
+    let control = s.control.clone();
+    let done = tokio::task::spawn_blocking(move || control.import(&body, &who.0))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    Ok(Json(
+        json!({ "rows": done.rows, "changed": done.changed, "kicked": done.kicked }),
+    ))
+}
+
+fn schedule_json(s: &Schedule) -> Value {
+    json!({
+        "id": s.id,
+        "subject": s.subject,
+        "state": s.state,
+        "at": rfc3339(s.at),
+        "by": s.by,
+        "created": rfc3339(s.created),
+    })
+}
+
+pub async fn list_schedules(State(s): St) -> Api {
+    let mut list = s
+        .control
+        .ctx()
+        .router
+        .store()
+        .schedules()
+        .map_err(crate::control::ControlError::from)?;
+    list.sort_by_key(|s| (s.at, s.id));
+    Ok(Json(
+        json!({ "schedules": list.iter().map(schedule_json).collect::<Vec<_>>() }),
+    ))
+}
+
+#[derive(Deserialize)]
+pub struct ScheduleBody {
+    #[serde(default)]
+    domain: Option<String>,
+    #[serde(default)]
+    mailbox: Option<String>,
+    state: String,
+    at: String,
+}
+
+pub async fn add_schedule(
+    State(s): St,
+    Extension(who): Extension<Who>,
+    Json(body): Json<ScheduleBody>,
+) -> Result<impl IntoResponse, ApiError> {
+    let subject = match (body.domain, body.mailbox) {
+        (Some(d), None) => Subject::Domain(d),
+        (None, Some(m)) => Subject::Mailbox(m),
+        _ => {
+            return Err(ApiError::bad_request(
+                "give exactly one of domain or mailbox",
+            ))
+        }
+    };
+    let state = state_arg(&body.state)?;
+    let at = time::OffsetDateTime::parse(&body.at, &time::format_description::well_known::Rfc3339)
+        .map_err(|e| {
+            ApiError::bad_request(format!(
+                "at: {e} (expected RFC 3339, e.g. 2026-04-28T08:00:00+02:00)"
+            ))
+        })?;
+    let schedule = s
+        .control
+        .add_schedule(subject, state, at.unix_timestamp(), &who.0)?;
+    Ok((StatusCode::CREATED, Json(schedule_json(&schedule))))
+}
+
+pub async fn remove_schedule(
+    State(s): St,
+    Extension(who): Extension<Who>,
+    Path(id): Path<u64>,
+) -> Api {
+    let removed = s.control.remove_schedule(id, &who.0)?;
+    Ok(Json(json!({ "removed": removed })))
+}
+
+pub async fn sessions(State(s): St) -> Api {
+    let list: Vec<Value> = s
+        .control
+        .ctx()
+        .registry
+        .list()
+        .iter()
+        .map(|e| {
+            let since = e
+                .since
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64);
+            json!({
+                "id": e.id, "address": e.address, "domain": e.domain, "route": e.route,
+                "listener": e.listener, "peer": e.peer.to_string(), "since": rfc3339(since),
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "sessions": list })))
+}
+
+#[derive(Deserialize)]
+pub struct KickBody {
+    #[serde(default)]
+    mailbox: Option<String>,
+    #[serde(default)]
+    domain: Option<String>,
+    #[serde(default)]
+    id: Option<u64>,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+pub async fn kick(State(s): St, Json(body): Json<KickBody>) -> Api {
+    let selector = match (body.mailbox, body.domain, body.id) {
+        (Some(m), None, None) => Selector::Mailbox(m),
+        (None, Some(d), None) => Selector::Domain(d),
+        (None, None, Some(id)) => Selector::Id(id),
+        _ => {
+            return Err(ApiError::bad_request(
+                "give exactly one of mailbox, domain or id",
+            ))
+        }
+    };
+    let reason = body
+        .reason
+        .unwrap_or_else(|| "Closed by the administrator; please reconnect.".into());
+    Ok(Json(
+        json!({ "kicked": s.control.kick(&selector, &reason) }),
+    ))
+}
+
+#[derive(Deserialize)]
+pub struct AuditQuery {
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+pub async fn audit(State(s): St, Query(q): Query<AuditQuery>) -> Api {
+    let limit = q.limit.unwrap_or(50).min(10_000);
+    let entries = s
+        .control
+        .ctx()
+        .router
+        .store()
+        .audit(limit)
+        .map_err(crate::control::ControlError::from)?;
+    let list: Vec<Value> = entries
+        .iter()
+        .map(|a| json!({ "seq": a.seq, "at": rfc3339(a.at), "who": a.who, "what": a.what, "old": a.old, "new": a.new }))
+        .collect();
+    Ok(Json(json!({ "audit": list })))
+}
+
+pub async fn metrics(State(s): St) -> impl IntoResponse {
+    match &s.metrics {
+        Some(h) => (StatusCode::OK, h.render()),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "metrics recorder not installed\n".to_string(),
+        ),
+    }
+}
+
+/// Ready when the state store answers.
+pub async fn readyz(State(s): St) -> impl IntoResponse {
+    match s.control.ctx().router.store().mailbox_count() {
+        Ok(_) => (StatusCode::OK, "ready\n".to_string()),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("state store: {e}\n"),
+        ),
+    }
+}

@@ -1,0 +1,262 @@
+//! The control plane: state changes that take effect at once. Every change
+//! is written (with its audit entry) to the store, applies to the next
+//! login, and closes the open sessions whose route it changes, so that
+//! their clients reconnect to the new route. The admin API and the
+//! scheduler both come through here.
+
+pub mod scheduler;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use tokio::sync::Notify;
+use tracing::info;
+
+use crate::error::StoreError;
+use crate::registry::Entry;
+use crate::route::{self, Change, MailboxState, Schedule, Subject, Target};
+use crate::server::Ctx;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{} bad row(s)", .0.len())]
+    BadRows(Vec<String>),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The result of a state change: old → new and how many sessions were
+/// closed because their route changed.
+#[derive(Debug, Clone)]
+pub struct Flip {
+    pub old: Option<MailboxState>,
+    pub new: MailboxState,
+    pub kicked: usize,
+}
+
+/// The result of a bulk import.
+#[derive(Debug, Clone)]
+pub struct Imported {
+    pub rows: usize,
+    pub changed: usize,
+    pub kicked: usize,
+}
+
+/// Which sessions to close.
+#[derive(Debug, Clone)]
+pub enum Selector {
+    Mailbox(String),
+    Domain(String),
+    Id(u64),
+}
+
+pub struct Control {
+    ctx: Arc<Ctx>,
+    /// Wakes the scheduler when a schedule is added.
+    wake: Notify,
+}
+
+impl Control {
+    pub fn new(ctx: Arc<Ctx>) -> Arc<Control> {
+        Arc::new(Control {
+            ctx,
+            wake: Notify::new(),
+        })
+    }
+
+    pub fn ctx(&self) -> &Arc<Ctx> {
+        &self.ctx
+    }
+
+    fn managed_domain(&self, domain: &str) -> Result<String, ControlError> {
+        let d = domain.trim().to_ascii_lowercase();
+        if self.ctx.config.domain.contains_key(&d) {
+            Ok(d)
+        } else {
+            Err(ControlError::NotFound(format!(
+                "{d} is not a managed domain"
+            )))
+        }
+    }
+
+    /// A full, lower-case address in a managed domain.
+    pub fn managed_address(&self, address: &str) -> Result<String, ControlError> {
+        let a = route::normalize(address, None)
+            .filter(|a| a.contains('@'))
+            .ok_or_else(|| ControlError::Invalid(format!("{address:?} is not an address")))?;
+        let domain = a.rsplit_once('@').map_or("", |(_, d)| d);
+        self.managed_domain(domain)?;
+        Ok(a)
+    }
+
+    /// The domain's current default state.
+    pub fn domain_state(&self, domain: &str) -> Result<MailboxState, ControlError> {
+        let d = self.managed_domain(domain)?;
+        let configured = self.ctx.config.domain[&d].state;
+        Ok(self
+            .ctx
+            .router
+            .store()
+            .domain(&d)?
+            .map_or(configured, |r| r.state))
+    }
+
+    pub fn set_domain(
+        &self,
+        domain: &str,
+        state: MailboxState,
+        who: &str,
+    ) -> Result<Flip, ControlError> {
+        let d = self.managed_domain(domain)?;
+        let old = self.domain_state(&d)?;
+        let change = Change::DomainState {
+            domain: d.clone(),
+            state,
+        };
+        self.ctx.router.store().apply(&change, who)?;
+        let kicked = self.reroute(|e| e.domain == d);
+        info!(domain = %d, %old, new = %state, %who, kicked, "domain state changed");
+        metrics::counter!("ponte_state_flips_total", "kind" => "domain").increment(1);
+        Ok(Flip {
+            old: Some(old),
+            new: state,
+            kicked,
+        })
+    }
+
+    /// Sets a mailbox's own state (and optionally its destination backend).
+    pub fn set_mailbox(
+        &self,
+        address: &str,
+        state: MailboxState,
+        backend: Option<String>,
+        who: &str,
+    ) -> Result<Flip, ControlError> {
+        let a = self.managed_address(address)?;
+        if let Some(b) = &backend {
+            if !self.ctx.backends.contains_key(b) {
+                return Err(ControlError::Invalid(format!("unknown backend {b:?}")));
+            }
+        }
+        let old = self.ctx.router.store().mailbox(&a)?.map(|m| m.state);
+        let change = Change::Mailboxes(vec![(a.clone(), state, backend)]);
+        self.ctx.router.store().apply(&change, who)?;
+        let kicked = self.reroute(|e| e.address == a);
+        info!(mailbox = %a, old = ?old, new = %state, %who, kicked, "mailbox state changed");
+        metrics::counter!("ponte_state_flips_total", "kind" => "mailbox").increment(1);
+        Ok(Flip {
+            old,
+            new: state,
+            kicked,
+        })
+    }
+
+    /// Drops a mailbox's override: it follows its domain again.
+    pub fn remove_mailbox(&self, address: &str, who: &str) -> Result<(bool, usize), ControlError> {
+        let a = self.managed_address(address)?;
+        let change = Change::RemoveMailbox { address: a.clone() };
+        let applied = self.ctx.router.store().apply(&change, who)?;
+        let kicked = self.reroute(|e| e.address == a);
+        Ok((!applied.audit.is_empty(), kicked))
+    }
+
+    /// Imports a CSV mailbox list: every row checked first, all or nothing.
+    pub fn import(&self, csv: &str, who: &str) -> Result<Imported, ControlError> {
+        let known = |b: &str| self.ctx.backends.contains_key(b);
+        let rows =
+            route::parse_mailbox_csv(csv, &self.ctx.config.domain, &known).map_err(
+                |e| match e {
+                    route::SeedError::Rows(bad) => ControlError::BadRows(bad),
+                    other => ControlError::Invalid(other.to_string()),
+                },
+            )?;
+        let n = rows.len();
+        let applied = self
+            .ctx
+            .router
+            .store()
+            .apply(&Change::Mailboxes(rows), who)?;
+        let changed: HashSet<String> = applied
+            .audit
+            .iter()
+            .filter_map(|a| a.what.strip_prefix("mailbox ").map(str::to_string))
+            .collect();
+        let kicked = self.reroute(|e| changed.contains(&e.address));
+        info!(rows = n, changed = changed.len(), %who, kicked, "mailbox list imported");
+        Ok(Imported {
+            rows: n,
+            changed: changed.len(),
+            kicked,
+        })
+    }
+
+    pub fn add_schedule(
+        &self,
+        subject: Subject,
+        state: MailboxState,
+        at: i64,
+        who: &str,
+    ) -> Result<Schedule, ControlError> {
+        let subject = match subject {
+            Subject::Domain(d) => Subject::Domain(self.managed_domain(&d)?),
+            Subject::Mailbox(a) => Subject::Mailbox(self.managed_address(&a)?),
+        };
+        let change = Change::AddSchedule { subject, state, at };
+        let applied = self.ctx.router.store().apply(&change, who)?;
+        let id = applied.schedule_id.unwrap_or_default();
+        self.wake.notify_one();
+        self.ctx
+            .router
+            .store()
+            .schedules()?
+            .into_iter()
+            .find(|s| s.id == id)
+            .ok_or_else(|| ControlError::NotFound(format!("schedule {id} vanished")))
+    }
+
+    pub fn remove_schedule(&self, id: u64, who: &str) -> Result<bool, ControlError> {
+        let applied = self
+            .ctx
+            .router
+            .store()
+            .apply(&Change::RemoveSchedule { id }, who)?;
+        Ok(!applied.audit.is_empty())
+    }
+
+    /// Closes sessions on request, with `reason` shown to the user.
+    pub fn kick(&self, selector: &Selector, reason: &str) -> usize {
+        let registry = &self.ctx.registry;
+        match selector {
+            Selector::Mailbox(a) => registry.kick_mailbox(&a.to_lowercase(), reason),
+            Selector::Domain(d) => registry.kick_domain(&d.to_ascii_lowercase(), reason),
+            Selector::Id(id) => registry.kick_id(*id, reason),
+        }
+    }
+
+    /// Closes the matching sessions whose route is no longer the one they
+    /// are on; their clients reconnect and land on the new route.
+    fn reroute(&self, matches: impl Fn(&Entry) -> bool) -> usize {
+        let mut kicked = 0;
+        for e in self.ctx.registry.list().iter().filter(|e| matches(e)) {
+            let Ok(now) = self.ctx.router.resolve(&e.address, None) else {
+                continue;
+            };
+            if now.target.label() != e.route {
+                let reason = match &now.target {
+                    Target::Live { .. } => {
+                        "Your mailbox has moved to a new server; please reconnect.".to_string()
+                    }
+                    Target::Unavailable { notice, .. } | Target::Refused { notice, .. } => {
+                        notice.clone()
+                    }
+                };
+                kicked += self.ctx.registry.kick_id(e.id, &reason);
+            }
+        }
+        kicked
+    }
+}

@@ -1,0 +1,77 @@
+//! Scheduled transitions: ponte carries them out itself at their time,
+//! also after a restart (a transition whose time passed while ponte was
+//! down is applied at start). Schedules live in the state store.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::{Control, ControlError};
+use crate::route::{now_unix, Schedule, Subject};
+
+/// Longest sleep between looks at the store, so that clock changes and
+/// schedules written by another node are noticed.
+const MAX_SLEEP: Duration = Duration::from_secs(30);
+
+/// Runs until `stop`.
+pub async fn run(control: Arc<Control>, stop: CancellationToken) {
+    loop {
+        let next = match apply_due(&control) {
+            Ok(next) => next,
+            Err(e) => {
+                warn!(error = %e, "scheduler: will retry");
+                Some(now_unix() + 5)
+            }
+        };
+        let wait = next.map_or(MAX_SLEEP, |at| {
+            let secs = (at - now_unix()).max(0) as u64;
+            Duration::from_secs(secs).min(MAX_SLEEP)
+        });
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = control.wake.notified() => {}
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// Applies every due schedule in time order; returns when the next is due.
+fn apply_due(control: &Control) -> Result<Option<i64>, ControlError> {
+    let mut schedules = control.ctx.router.store().schedules()?;
+    schedules.sort_by_key(|s| (s.at, s.id));
+    let now = now_unix();
+    for s in schedules.iter().filter(|s| s.at <= now) {
+        apply_one(control, s)?;
+    }
+    Ok(schedules.iter().filter(|s| s.at > now).map(|s| s.at).min())
+}
+
+fn apply_one(control: &Control, s: &Schedule) -> Result<(), ControlError> {
+    let who = format!("schedule {} by {}", s.id, s.by);
+    let result = match &s.subject {
+        Subject::Domain(d) => control.set_domain(d, s.state, &who),
+        Subject::Mailbox(a) => {
+            let backend = control
+                .ctx
+                .router
+                .store()
+                .mailbox(a)?
+                .and_then(|m| m.backend);
+            control.set_mailbox(a, s.state, backend, &who)
+        }
+    };
+    match result {
+        Ok(flip) => {
+            info!(schedule = s.id, subject = %s.subject, state = %s.state, late_secs = now_unix() - s.at, kicked = flip.kicked, "scheduled transition applied")
+        }
+        // A domain removed from the configuration since: drop the schedule.
+        Err(ControlError::NotFound(reason)) => {
+            warn!(schedule = s.id, %reason, "scheduled transition dropped")
+        }
+        Err(e) => return Err(e),
+    }
+    control.remove_schedule(s.id, &who)?;
+    Ok(())
+}
