@@ -1,5 +1,6 @@
-//! The `ponte` command: `serve` runs the proxy, `check` validates a
-//! configuration file.
+//! The `ponte` command: `serve` runs the proxy (SIGTERM drains, SIGHUP
+//! reloads the configuration), `check` validates a configuration file,
+//! `ctl` talks to a running proxy's admin API.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -49,12 +50,12 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(e) => return fail(&config, e),
             };
-            serve(cfg)
+            serve(cfg, config)
         }
     }
 }
 
-fn serve(cfg: ponte::Config) -> ExitCode {
+fn serve(cfg: ponte::Config, path: PathBuf) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -66,9 +67,17 @@ fn serve(cfg: ponte::Config) -> ExitCode {
         }
     };
     runtime.block_on(async {
+        let server = match ponte::Server::bind(cfg).await {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("ponte: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
         let shutdown = CancellationToken::new();
         tokio::spawn(signals(shutdown.clone()));
-        match ponte::run(cfg, shutdown).await {
+        tokio::spawn(reload_on_hangup(server.reload_handle(), path));
+        match server.run(shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("ponte: {e}");
@@ -76,6 +85,28 @@ fn serve(cfg: ponte::Config) -> ExitCode {
             }
         }
     })
+}
+
+/// SIGHUP re-reads the configuration file; a bad file is refused with the
+/// reason logged, and the configuration in force stays.
+async fn reload_on_hangup(handle: ponte::server::ReloadHandle, path: PathBuf) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            tracing::info!(file = %path.display(), "SIGHUP: reloading the configuration");
+            let result = match ponte::Config::load(&path) {
+                Ok(cfg) => handle.reload(cfg).await,
+                Err(e) => Err(e.to_string()),
+            };
+            if let Err(reason) = result {
+                tracing::warn!(%reason, "reload refused; the configuration in force stays");
+            }
+        }
+    }
 }
 
 /// SIGTERM or Ctrl-C starts a graceful shutdown.

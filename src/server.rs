@@ -7,7 +7,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
 use tokio_rustls::rustls::ServerConfig;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -21,11 +23,14 @@ use crate::error::{ConfigError, ServerError};
 use crate::net::backend::{self, Backends};
 use crate::net::listener;
 use crate::registry::Registry;
-use crate::route::{import_seed, RedbStore, Router};
+use crate::route::{import_seed, RedbStore, Router, StateStore};
 
-/// Everything a session needs, shared by all of them.
+/// Everything a session needs. One per configuration generation: a
+/// reload builds a new one; sessions keep the one they started with. The
+/// registry, the store and `hard_stop` are shared by all generations.
 pub struct Ctx {
     pub config: Config,
+    pub listeners: BTreeMap<String, Arc<ListenerConfig>>,
     pub router: Router,
     pub backends: Backends,
     pub registry: Arc<Registry>,
@@ -33,6 +38,35 @@ pub struct Ctx {
     /// Cancelled when the shutdown grace period is over: bridges still
     /// open say goodbye and close.
     pub hard_stop: CancellationToken,
+}
+
+impl Ctx {
+    /// Loads TLS material and backends and brings the store's domain
+    /// states in line with `config`.
+    fn build(
+        config: Config,
+        store: Arc<dyn StateStore>,
+        registry: Arc<Registry>,
+        hard_stop: CancellationToken,
+    ) -> Result<Ctx, ServerError> {
+        let router = Router::new(store, config.domain.clone())?;
+        let backends = backend::build(&config.backend)?;
+        let tls = crate::net::tls::server_config(&config.tls.certificate)?;
+        let listeners = config
+            .listener
+            .iter()
+            .map(|l| (l.name.clone(), Arc::new(l.clone())))
+            .collect();
+        Ok(Ctx {
+            config,
+            listeners,
+            router,
+            backends,
+            registry,
+            tls,
+            hard_stop,
+        })
+    }
 }
 
 /// One accepted connection.
@@ -53,12 +87,43 @@ pub fn check(config: &Config) -> Result<(), ConfigError> {
     Ok(())
 }
 
+type ReloadRequest = (Config, oneshot::Sender<Result<(), String>>);
+
+/// Hands a new configuration to a running server (SIGHUP).
+#[derive(Clone)]
+pub struct ReloadHandle(mpsc::Sender<ReloadRequest>);
+
+impl ReloadHandle {
+    /// Applies `config` to new connections; open sessions keep theirs. On
+    /// an error the configuration in force stays, and the reason is given.
+    pub async fn reload(&self, config: Config) -> Result<(), String> {
+        let (tx, rx) = oneshot::channel();
+        self.0
+            .send((config, tx))
+            .await
+            .map_err(|_| "server is not running".to_string())?;
+        rx.await
+            .map_err(|_| "server stopped during the reload".to_string())?
+    }
+}
+
 /// A server with its listeners bound, ready to run.
 pub struct Server {
-    ctx: Arc<Ctx>,
+    current: Arc<ArcSwap<Ctx>>,
     control: Arc<Control>,
-    listeners: Vec<(Arc<ListenerConfig>, TcpListener)>,
+    listeners: Vec<(String, TcpListener)>,
     admin: Option<(TcpListener, Vec<Token>)>,
+    reloads: (mpsc::Sender<ReloadRequest>, mpsc::Receiver<ReloadRequest>),
+}
+
+async fn bind_listener(l: &ListenerConfig) -> Result<TcpListener, ServerError> {
+    TcpListener::bind(l.bind)
+        .await
+        .map_err(|source| ServerError::Bind {
+            name: l.name.clone(),
+            addr: l.bind.to_string(),
+            source,
+        })
 }
 
 impl Server {
@@ -74,19 +139,9 @@ impl Server {
                 info!(rows = n, file = %seed.display(), "imported mailbox seed");
             }
         }
-        let router = Router::new(store, config.domain.clone())?;
-        let backends = backend::build(&config.backend)?;
-        let tls = crate::net::tls::server_config(&config.tls.certificate)?;
         let mut listeners = Vec::new();
         for l in &config.listener {
-            let tcp = TcpListener::bind(l.bind)
-                .await
-                .map_err(|source| ServerError::Bind {
-                    name: l.name.clone(),
-                    addr: l.bind.to_string(),
-                    source,
-                })?;
-            listeners.push((Arc::new(l.clone()), tcp));
+            listeners.push((l.name.clone(), bind_listener(l).await?));
         }
         let admin = match &config.admin {
             Some(a) => {
@@ -102,19 +157,14 @@ impl Server {
             }
             None => None,
         };
-        let ctx = Arc::new(Ctx {
-            config,
-            router,
-            backends,
-            registry: Registry::new(),
-            tls,
-            hard_stop: CancellationToken::new(),
-        });
+        let ctx = Ctx::build(config, store, Registry::new(), CancellationToken::new())?;
+        let current = Arc::new(ArcSwap::from_pointee(ctx));
         Ok(Server {
-            control: Control::new(ctx.clone()),
-            ctx,
+            control: Control::new(current.clone()),
+            current,
             listeners,
             admin,
+            reloads: mpsc::channel(4),
         })
     }
 
@@ -124,80 +174,203 @@ impl Server {
         let admin = self.admin.iter().map(|(tcp, _)| ("admin".to_string(), tcp));
         self.listeners
             .iter()
-            .map(|(l, tcp)| (l.name.clone(), tcp))
+            .map(|(name, tcp)| (name.clone(), tcp))
             .chain(admin)
             .filter_map(|(name, tcp)| Some((name, tcp.local_addr().ok()?)))
             .collect()
     }
 
-    pub fn ctx(&self) -> &Arc<Ctx> {
-        &self.ctx
+    /// The context in force now.
+    pub fn ctx(&self) -> Arc<Ctx> {
+        self.current.load_full()
     }
 
     pub fn control(&self) -> &Arc<Control> {
         &self.control
     }
 
+    pub fn reload_handle(&self) -> ReloadHandle {
+        ReloadHandle(self.reloads.0.clone())
+    }
+
     /// Serves until `shutdown` is cancelled, then drains.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), ServerError> {
-        let sessions = TaskTracker::new();
-        let accept_loops = TaskTracker::new();
-        let limits = &self.ctx.config.limits;
-        let permits = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
-        let per_ip = crate::net::per_ip::PerIp::new(limits.max_connections_per_ip);
-        for (cfg, tcp) in self.listeners {
-            info!(listener = %cfg.name, addr = ?tcp.local_addr().ok(), protocol = cfg.protocol.name(), "listening");
-            let l = listener::Listener {
-                tcp,
-                cfg,
-                ctx: self.ctx.clone(),
-                permits: permits.clone(),
-                per_ip: per_ip.clone(),
-                sessions: sessions.clone(),
-                stop: shutdown.clone(),
-            };
-            accept_loops.spawn(l.accept_loop());
+        let Server {
+            current,
+            control,
+            listeners,
+            admin,
+            reloads: (_, mut reload_rx),
+        } = self;
+        let limits = current.load().config.limits.clone();
+        let mut running = Running {
+            current: current.clone(),
+            loops: BTreeMap::new(),
+            accept_loops: TaskTracker::new(),
+            sessions: TaskTracker::new(),
+            permits: Arc::new(tokio::sync::Semaphore::new(limits.max_connections)),
+            per_ip: crate::net::per_ip::PerIp::new(limits.max_connections_per_ip),
+            shutdown: shutdown.clone(),
+        };
+        for (name, tcp) in listeners {
+            running.start(name, tcp);
         }
-        if let Some((tcp, tokens)) = self.admin {
-            let state = Arc::new(AdminState {
-                control: self.control.clone(),
-                tokens,
-                metrics: crate::observe::metrics(),
-            });
-            info!(addr = ?tcp.local_addr().ok(), "admin API listening");
-            let stop = shutdown.clone();
-            accept_loops.spawn(async move {
-                let serve = axum::serve(tcp, crate::admin::app(state))
-                    .with_graceful_shutdown(stop.cancelled_owned());
-                if let Err(e) = serve.await {
-                    warn!(error = %e, "admin API stopped");
+        if let Some((tcp, tokens)) = admin {
+            running
+                .accept_loops
+                .spawn(serve_admin(tcp, tokens, control.clone(), shutdown.clone()));
+        }
+        running
+            .accept_loops
+            .spawn(scheduler::run(control.clone(), shutdown.clone()));
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                Some((config, reply)) = reload_rx.recv() => {
+                    let result = running.reload(config).await;
+                    match &result {
+                        Ok(()) => info!("configuration reloaded"),
+                        Err(reason) => warn!(%reason, "configuration reload refused; the old one stays in force"),
+                    }
+                    let _ = reply.send(result);
                 }
-            });
+            }
         }
-        accept_loops.spawn(scheduler::run(self.control.clone(), shutdown.clone()));
-        accept_loops.close();
-        shutdown.cancelled().await;
-        accept_loops.wait().await;
-        sessions.close();
-        let grace = self.ctx.config.limits.shutdown_grace;
+        running.drain().await;
+        Ok(())
+    }
+}
+
+async fn serve_admin(
+    tcp: TcpListener,
+    tokens: Vec<Token>,
+    control: Arc<Control>,
+    stop: CancellationToken,
+) {
+    let state = Arc::new(AdminState {
+        control,
+        tokens,
+        metrics: crate::observe::metrics(),
+    });
+    info!(addr = ?tcp.local_addr().ok(), "admin API listening");
+    let serve =
+        axum::serve(tcp, crate::admin::app(state)).with_graceful_shutdown(stop.cancelled_owned());
+    if let Err(e) = serve.await {
+        warn!(error = %e, "admin API stopped");
+    }
+}
+
+/// The listeners' accept loops and the sessions they started.
+struct Running {
+    current: Arc<ArcSwap<Ctx>>,
+    /// Accept loop by listener name: its address and its stop token.
+    loops: BTreeMap<String, (SocketAddr, CancellationToken)>,
+    accept_loops: TaskTracker,
+    sessions: TaskTracker,
+    permits: Arc<tokio::sync::Semaphore>,
+    per_ip: Arc<crate::net::per_ip::PerIp>,
+    shutdown: CancellationToken,
+}
+
+impl Running {
+    fn start(&mut self, name: String, tcp: TcpListener) {
+        let Ok(addr) = tcp.local_addr() else {
+            warn!(listener = %name, "listener has no address; not started");
+            return;
+        };
+        info!(listener = %name, %addr, "listening");
+        let stop = self.shutdown.child_token();
+        self.loops.insert(name.clone(), (addr, stop.clone()));
+        let l = listener::Listener {
+            tcp,
+            name,
+            current: self.current.clone(),
+            permits: self.permits.clone(),
+            per_ip: self.per_ip.clone(),
+            sessions: self.sessions.clone(),
+            stop,
+        };
+        self.accept_loops.spawn(l.accept_loop());
+    }
+
+    /// Builds the new context, binds new or moved listeners, then swaps:
+    /// all or nothing.
+    async fn reload(&mut self, config: Config) -> Result<(), String> {
+        let old = self.current.load_full();
+        if config.state.path != old.config.state.path {
+            return Err("state.path cannot change without a restart".into());
+        }
+        if config.admin.as_ref().map(|a| a.bind) != old.config.admin.as_ref().map(|a| a.bind) {
+            warn!("admin.bind changes take effect at the next restart");
+        }
+        let store = old.router.store().clone();
+        let ctx = Ctx::build(config, store, old.registry.clone(), old.hard_stop.clone())
+            .map_err(|e| e.to_string())?;
+        let mut bound = Vec::new();
+        for l in &ctx.config.listener {
+            let same = self
+                .loops
+                .get(&l.name)
+                .is_some_and(|(addr, _)| bind_matches(*addr, l.bind));
+            if !same {
+                bound.push((
+                    l.name.clone(),
+                    bind_listener(l).await.map_err(|e| e.to_string())?,
+                ));
+            }
+        }
+        let keep: Vec<String> = ctx.listeners.keys().cloned().collect();
+        self.current.store(Arc::new(ctx));
+        for (name, (_, stop)) in &self.loops {
+            let moved = bound.iter().any(|(n, _)| n == name);
+            if moved || !keep.contains(name) {
+                info!(listener = %name, "listener stopped");
+                stop.cancel();
+            }
+        }
+        self.loops
+            .retain(|name, (_, stop)| !stop.is_cancelled() && keep.contains(name));
+        for (name, tcp) in bound {
+            self.start(name, tcp);
+        }
+        Ok(())
+    }
+
+    /// Stops accepting, lets sessions finish for the grace period, then
+    /// tells the rest to go.
+    async fn drain(self) {
+        self.accept_loops.close();
+        self.accept_loops.wait().await;
+        self.sessions.close();
+        let ctx = self.current.load_full();
+        let grace = ctx.config.limits.shutdown_grace;
         info!(
-            sessions = sessions.len(),
+            sessions = self.sessions.len(),
             ?grace,
             "shutting down: no longer accepting"
         );
-        if tokio::time::timeout(grace, sessions.wait()).await.is_err() {
-            self.ctx.hard_stop.cancel();
-            if tokio::time::timeout(Duration::from_secs(5), sessions.wait())
+        if tokio::time::timeout(grace, self.sessions.wait())
+            .await
+            .is_err()
+        {
+            ctx.hard_stop.cancel();
+            if tokio::time::timeout(Duration::from_secs(6), self.sessions.wait())
                 .await
                 .is_err()
             {
                 warn!(
-                    sessions = sessions.len(),
+                    sessions = self.sessions.len(),
                     "sessions still open after the grace period"
                 );
             }
         }
         info!("stopped");
-        Ok(())
     }
+}
+
+/// Whether a running listener's address still satisfies a configured
+/// bind (port 0 in the file matches whatever port was chosen).
+fn bind_matches(running: SocketAddr, configured: SocketAddr) -> bool {
+    running.ip() == configured.ip()
+        && (configured.port() == 0 || running.port() == configured.port())
 }

@@ -4,76 +4,11 @@
 
 mod common;
 
-use std::fs::File;
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::net::{wait_greeting, LineConn};
+use common::net::LineConn;
+use common::process::Process;
 use common::world::{World, ALICE, BOB, CAROL};
-
-struct Process {
-    child: Child,
-    log: std::path::PathBuf,
-}
-
-impl Process {
-    fn start(w: &World) -> (Process, std::collections::BTreeMap<String, SocketAddr>) {
-        let (config, addrs) = w.config_file();
-        let log = w.dir.path().join("ponte.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_ponte"))
-            .args(["serve", "--config"])
-            .arg(&config)
-            .env("PONTE_LOG", "trace")
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::null())
-            .stderr(File::create(&log).expect("log file"))
-            .spawn()
-            .expect("spawn ponte");
-        let p = Process { child, log };
-        wait_greeting(addrs["imap"], "* OK", Duration::from_secs(10))
-            .unwrap_or_else(|e| panic!("{e}\n{}", p.log()));
-        (p, addrs)
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn terminate(&mut self) {
-        // SAFETY-free: libc::kill on our own child's pid.
-        let pid = self.child.id() as i32;
-        assert_eq!(unsafe_kill(pid), 0);
-    }
-
-    /// Waits for the exit; panics after `within`.
-    fn wait(&mut self, within: Duration) -> std::process::ExitStatus {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "ponte did not exit:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn unsafe_kill(pid: i32) -> i32 {
-    // The test crate may use unsafe; ponte itself forbids it.
-    unsafe { libc::kill(pid, libc::SIGTERM) }
-}
 
 #[test]
 fn sigterm_stops_accepting_and_drains_open_sessions() {

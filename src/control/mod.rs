@@ -9,6 +9,8 @@ pub mod scheduler;
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
+
 use tokio::sync::Notify;
 use tracing::info;
 
@@ -55,26 +57,27 @@ pub enum Selector {
 }
 
 pub struct Control {
-    ctx: Arc<Ctx>,
+    current: Arc<ArcSwap<Ctx>>,
     /// Wakes the scheduler when a schedule is added.
     wake: Notify,
 }
 
 impl Control {
-    pub fn new(ctx: Arc<Ctx>) -> Arc<Control> {
+    pub fn new(current: Arc<ArcSwap<Ctx>>) -> Arc<Control> {
         Arc::new(Control {
-            ctx,
+            current,
             wake: Notify::new(),
         })
     }
 
-    pub fn ctx(&self) -> &Arc<Ctx> {
-        &self.ctx
+    /// The configuration generation in force now.
+    pub fn ctx(&self) -> Arc<Ctx> {
+        self.current.load_full()
     }
 
     fn managed_domain(&self, domain: &str) -> Result<String, ControlError> {
         let d = domain.trim().to_ascii_lowercase();
-        if self.ctx.config.domain.contains_key(&d) {
+        if self.ctx().config.domain.contains_key(&d) {
             Ok(d)
         } else {
             Err(ControlError::NotFound(format!(
@@ -96,9 +99,9 @@ impl Control {
     /// The domain's current default state.
     pub fn domain_state(&self, domain: &str) -> Result<MailboxState, ControlError> {
         let d = self.managed_domain(domain)?;
-        let configured = self.ctx.config.domain[&d].state;
+        let configured = self.ctx().config.domain[&d].state;
         Ok(self
-            .ctx
+            .ctx()
             .router
             .store()
             .domain(&d)?
@@ -117,7 +120,7 @@ impl Control {
             domain: d.clone(),
             state,
         };
-        self.ctx.router.store().apply(&change, who)?;
+        self.ctx().router.store().apply(&change, who)?;
         let kicked = self.reroute(|e| e.domain == d);
         info!(domain = %d, %old, new = %state, %who, kicked, "domain state changed");
         metrics::counter!("ponte_state_flips_total", "kind" => "domain").increment(1);
@@ -138,13 +141,13 @@ impl Control {
     ) -> Result<Flip, ControlError> {
         let a = self.managed_address(address)?;
         if let Some(b) = &backend {
-            if !self.ctx.backends.contains_key(b) {
+            if !self.ctx().backends.contains_key(b) {
                 return Err(ControlError::Invalid(format!("unknown backend {b:?}")));
             }
         }
-        let old = self.ctx.router.store().mailbox(&a)?.map(|m| m.state);
+        let old = self.ctx().router.store().mailbox(&a)?.map(|m| m.state);
         let change = Change::Mailboxes(vec![(a.clone(), state, backend)]);
-        self.ctx.router.store().apply(&change, who)?;
+        self.ctx().router.store().apply(&change, who)?;
         let kicked = self.reroute(|e| e.address == a);
         info!(mailbox = %a, old = ?old, new = %state, %who, kicked, "mailbox state changed");
         metrics::counter!("ponte_state_flips_total", "kind" => "mailbox").increment(1);
@@ -159,24 +162,23 @@ impl Control {
     pub fn remove_mailbox(&self, address: &str, who: &str) -> Result<(bool, usize), ControlError> {
         let a = self.managed_address(address)?;
         let change = Change::RemoveMailbox { address: a.clone() };
-        let applied = self.ctx.router.store().apply(&change, who)?;
+        let applied = self.ctx().router.store().apply(&change, who)?;
         let kicked = self.reroute(|e| e.address == a);
         Ok((!applied.audit.is_empty(), kicked))
     }
 
     /// Imports a CSV mailbox list: every row checked first, all or nothing.
     pub fn import(&self, csv: &str, who: &str) -> Result<Imported, ControlError> {
-        let known = |b: &str| self.ctx.backends.contains_key(b);
-        let rows =
-            route::parse_mailbox_csv(csv, &self.ctx.config.domain, &known).map_err(
-                |e| match e {
-                    route::SeedError::Rows(bad) => ControlError::BadRows(bad),
-                    other => ControlError::Invalid(other.to_string()),
-                },
-            )?;
+        let known = |b: &str| self.ctx().backends.contains_key(b);
+        let rows = route::parse_mailbox_csv(csv, &self.ctx().config.domain, &known).map_err(
+            |e| match e {
+                route::SeedError::Rows(bad) => ControlError::BadRows(bad),
+                other => ControlError::Invalid(other.to_string()),
+            },
+        )?;
         let n = rows.len();
         let applied = self
-            .ctx
+            .ctx()
             .router
             .store()
             .apply(&Change::Mailboxes(rows), who)?;
@@ -206,10 +208,10 @@ impl Control {
             Subject::Mailbox(a) => Subject::Mailbox(self.managed_address(&a)?),
         };
         let change = Change::AddSchedule { subject, state, at };
-        let applied = self.ctx.router.store().apply(&change, who)?;
+        let applied = self.ctx().router.store().apply(&change, who)?;
         let id = applied.schedule_id.unwrap_or_default();
         self.wake.notify_one();
-        self.ctx
+        self.ctx()
             .router
             .store()
             .schedules()?
@@ -220,7 +222,7 @@ impl Control {
 
     pub fn remove_schedule(&self, id: u64, who: &str) -> Result<bool, ControlError> {
         let applied = self
-            .ctx
+            .ctx()
             .router
             .store()
             .apply(&Change::RemoveSchedule { id }, who)?;
@@ -229,7 +231,7 @@ impl Control {
 
     /// Closes sessions on request, with `reason` shown to the user.
     pub fn kick(&self, selector: &Selector, reason: &str) -> usize {
-        let registry = &self.ctx.registry;
+        let registry = &self.ctx().registry;
         match selector {
             Selector::Mailbox(a) => registry.kick_mailbox(&a.to_lowercase(), reason),
             Selector::Domain(d) => registry.kick_domain(&d.to_ascii_lowercase(), reason),
@@ -241,8 +243,8 @@ impl Control {
     /// are on; their clients reconnect and land on the new route.
     fn reroute(&self, matches: impl Fn(&Entry) -> bool) -> usize {
         let mut kicked = 0;
-        for e in self.ctx.registry.list().iter().filter(|e| matches(e)) {
-            let Ok(now) = self.ctx.router.resolve(&e.address, None) else {
+        for e in self.ctx().registry.list().iter().filter(|e| matches(e)) {
+            let Ok(now) = self.ctx().router.resolve(&e.address, None) else {
                 continue;
             };
             if now.target.label() != e.route {
@@ -254,7 +256,7 @@ impl Control {
                         notice.clone()
                     }
                 };
-                kicked += self.ctx.registry.kick_id(e.id, &reason);
+                kicked += self.ctx().registry.kick_id(e.id, &reason);
             }
         }
         kicked

@@ -39,7 +39,7 @@ pub async fn run(control: Arc<Control>, stop: CancellationToken) {
 
 /// Applies every due schedule in time order; returns when the next is due.
 fn apply_due(control: &Control) -> Result<Option<i64>, ControlError> {
-    let mut schedules = control.ctx.router.store().schedules()?;
+    let mut schedules = control.ctx().router.store().schedules()?;
     schedules.sort_by_key(|s| (s.at, s.id));
     let now = now_unix();
     for s in schedules.iter().filter(|s| s.at <= now) {
@@ -54,7 +54,7 @@ fn apply_one(control: &Control, s: &Schedule) -> Result<(), ControlError> {
         Subject::Domain(d) => control.set_domain(d, s.state, &who),
         Subject::Mailbox(a) => {
             let backend = control
-                .ctx
+                .ctx()
                 .router
                 .store()
                 .mailbox(a)?

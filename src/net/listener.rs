@@ -4,6 +4,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 use std::time::{Duration, Instant};
 
 use tokio::io::AsyncWriteExt;
@@ -20,10 +22,13 @@ use crate::config::{ListenerConfig, TlsMode};
 use crate::proto;
 use crate::server::{ConnInfo, Ctx};
 
+/// One listener's accept loop. Each connection takes the configuration in
+/// force when it is accepted (`current`), so a reload applies to new
+/// connections while open ones keep theirs.
 pub struct Listener {
     pub tcp: TcpListener,
-    pub cfg: Arc<ListenerConfig>,
-    pub ctx: Arc<Ctx>,
+    pub name: String,
+    pub current: Arc<ArcSwap<Ctx>>,
     pub permits: Arc<Semaphore>,
     pub per_ip: Arc<PerIp>,
     pub sessions: TaskTracker,
@@ -42,16 +47,20 @@ impl Listener {
                     Ok(x) => x,
                     Err(e) => {
                         // Out of descriptors or memory: back off instead of spinning.
-                        warn!(listener = %self.cfg.name, error = %e, "accept failed");
+                        warn!(listener = %self.name, error = %e, "accept failed");
                         tokio::time::sleep(Duration::from_millis(100)).await;
                         continue;
                     }
                 },
             };
+            let ctx = self.current.load_full();
+            // Gone from the configuration; its loop is being stopped.
+            let Some(cfg) = ctx.listeners.get(&self.name).cloned() else {
+                continue;
+            };
             let permit = self.permits.clone().try_acquire_owned().ok();
             let Some(slots) = permit.zip(self.per_ip.acquire(peer.ip())) else {
-                self.sessions
-                    .spawn(refuse_over_limit(tcp, self.cfg.clone()));
+                self.sessions.spawn(refuse_over_limit(tcp, cfg));
                 continue;
             };
             let conn = ConnInfo {
@@ -59,13 +68,12 @@ impl Listener {
                 accepted: tokio::time::Instant::now(),
                 peer,
                 local: tcp.local_addr().unwrap_or(peer),
-                listener: self.cfg.clone(),
+                listener: cfg,
             };
             let span = tracing::info_span!(
-                "session", id = conn.id, listener = %self.cfg.name, peer = %peer,
+                "session", id = conn.id, listener = %self.name, peer = %peer,
                 mailbox = tracing::field::Empty, route = tracing::field::Empty,
             );
-            let ctx = self.ctx.clone();
             self.sessions
                 .spawn(handle(tcp, conn, ctx, slots).instrument(span));
         }

@@ -8,4 +8,5 @@ pub mod clients;
 pub mod dovecot;
 pub mod net;
 pub mod ponte;
+pub mod process;
 pub mod world;
