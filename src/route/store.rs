@@ -179,28 +179,42 @@ struct Writer<'t> {
 }
 
 impl Writer<'_> {
+    /// Queues an audit entry; `write_audit` stores them all at the end of
+    /// the change (one table open for a whole import).
     fn audit(
         &mut self,
         what: String,
         old: Option<String>,
         new: Option<String>,
     ) -> Result<(), StoreError> {
-        let mut t = self.txn.open_table(AUDIT).map_err(StoreError::new)?;
-        let seq = t
-            .last()
-            .map_err(StoreError::new)?
-            .map_or(1, |(k, _)| k.value() + 1);
-        let entry = AuditEntry {
-            seq,
+        self.applied.audit.push(AuditEntry {
+            seq: 0,
             at: self.now,
             who: self.who.to_string(),
             what,
             old,
             new,
-        };
-        t.insert(seq, json(&entry)?.as_slice())
-            .map_err(StoreError::new)?;
-        self.applied.audit.push(entry);
+        });
+        Ok(())
+    }
+
+    /// Numbers the queued audit entries after the last stored one and
+    /// writes them, inside the change's transaction.
+    fn write_audit(&mut self) -> Result<(), StoreError> {
+        if self.applied.audit.is_empty() {
+            return Ok(());
+        }
+        let mut t = self.txn.open_table(AUDIT).map_err(StoreError::new)?;
+        let mut seq = t
+            .last()
+            .map_err(StoreError::new)?
+            .map_or(0, |(k, _)| k.value());
+        for entry in &mut self.applied.audit {
+            seq += 1;
+            entry.seq = seq;
+            t.insert(seq, json(entry)?.as_slice())
+                .map_err(StoreError::new)?;
+        }
         Ok(())
     }
 
@@ -425,6 +439,7 @@ impl StateStore for RedbStore {
             Change::AddSchedule { subject, state, at } => w.add_schedule(subject, *state, *at)?,
             Change::RemoveSchedule { id } => w.remove_schedule(*id)?,
         }
+        w.write_audit()?;
         let applied = w.applied;
         txn.commit().map_err(StoreError::new)?;
         Ok(applied)
