@@ -285,3 +285,59 @@ fn metrics_count_sessions_and_logins() {
         assert!(text.contains(needle), "{needle} missing from:\n{text}");
     }
 }
+
+#[test]
+fn mailbox_tempmail_deadline_overrides_the_domains() {
+    let w = World::start();
+    let api = Api::new(w.addr("admin"));
+    // dave has no override yet: the domain's deadline applies (none in the test config).
+    assert_eq!(
+        api.get("/api/mailboxes/dave@pec.example").1["tempmail_until"],
+        Value::Null
+    );
+    let body = json!({"until": "2026-06-28T09:00:00+02:00"});
+    let (code, r) = api.send_json("PUT", "/api/mailboxes/dave@pec.example/tempmail", &body);
+    assert_eq!(code, 200, "{r}");
+    let (_, show) = api.get("/api/mailboxes/dave@pec.example");
+    assert_eq!(show["tempmail_until"], "2026-06-28T07:00:00Z");
+    assert_eq!(
+        (show["state"].as_str(), show["route"].as_str()),
+        (Some("legacy"), Some("legacy")),
+        "state unchanged"
+    );
+    // A later state change keeps the deadline; clearing it is audited.
+    api.send_json(
+        "PUT",
+        "/api/mailboxes/dave@pec.example",
+        &json!({"state": "migrated"}),
+    );
+    assert_eq!(
+        api.get("/api/mailboxes/dave@pec.example").1["tempmail_until"],
+        "2026-06-28T07:00:00Z"
+    );
+    api.send_json(
+        "PUT",
+        "/api/mailboxes/dave@pec.example/tempmail",
+        &json!({"until": null}),
+    );
+    assert_eq!(
+        api.get("/api/mailboxes/dave@pec.example").1["tempmail_until"],
+        Value::Null
+    );
+    let (_, audit) = api.get("/api/audit?limit=3");
+    let last = &audit["audit"][2];
+    assert_eq!(
+        (last["old"].as_str(), last["new"].as_str()),
+        (Some("tempmail until 2026-06-28T07:00:00Z"), None),
+        "{audit}"
+    );
+    assert_eq!(
+        api.send_json(
+            "PUT",
+            "/api/mailboxes/dave@pec.example/tempmail",
+            &json!({"until": "soon"})
+        )
+        .0,
+        400
+    );
+}

@@ -19,13 +19,17 @@ type Api = Result<Json<Value>, ApiError>;
 type St = State<Arc<AdminState>>;
 
 fn rfc3339(unix: i64) -> Value {
-    time::OffsetDateTime::from_unix_timestamp(unix)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
+    Value::String(crate::route::rfc3339(unix))
+}
+
+fn parse_time(field: &str, text: &str) -> Result<i64, ApiError> {
+    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .map(|t| t.unix_timestamp())
+        .map_err(|e| {
+            ApiError::bad_request(format!(
+                "{field}: {e} (expected RFC 3339, e.g. 2026-04-28T08:00:00+02:00)"
+            ))
         })
-        .map_or(Value::Null, Value::String)
 }
 
 fn state_arg(text: &str) -> Result<MailboxState, ApiError> {
@@ -114,7 +118,10 @@ pub async fn list_mailboxes(State(s): St, Query(q): Query<DomainQuery>) -> Api {
     let list: Vec<Value> = rows
         .into_iter()
         .map(|(address, m)| {
-            json!({ "address": address, "state": m.state, "backend": m.backend, "set_by": m.set_by, "updated": rfc3339(m.updated) })
+            json!({
+                "address": address, "state": m.state, "backend": m.backend, "set_by": m.set_by,
+                "updated": rfc3339(m.updated), "tempmail_until": m.tempmail_until.map_or(Value::Null, rfc3339),
+            })
         })
         .collect();
     Ok(Json(json!({ "mailboxes": list })))
@@ -142,7 +149,31 @@ pub async fn show_mailbox(State(s): St, Path(address): Path<String>) -> Api {
         "source": if own.is_some() { "mailbox" } else { "domain" },
         "route": route.target.label(),
         "backend": backend,
+        "tempmail_until": route.tempmail_until.map_or(Value::Null, rfc3339),
     })))
+}
+
+#[derive(Deserialize)]
+pub struct TempmailBody {
+    until: Option<String>,
+}
+
+/// Sets a mailbox's own tempmail deadline (`null` clears it).
+pub async fn set_tempmail(
+    State(s): St,
+    Extension(who): Extension<Who>,
+    Path(address): Path<String>,
+    Json(body): Json<TempmailBody>,
+) -> Api {
+    let until = body
+        .until
+        .as_deref()
+        .map(|t| parse_time("until", t))
+        .transpose()?;
+    s.control.set_tempmail(&address, until, &who.0)?;
+    Ok(Json(
+        json!({ "address": address.to_lowercase(), "tempmail_until": until.map_or(Value::Null, rfc3339) }),
+    ))
 }
 
 pub async fn set_mailbox(
@@ -236,15 +267,8 @@ pub async fn add_schedule(
         }
     };
     let state = state_arg(&body.state)?;
-    let at = time::OffsetDateTime::parse(&body.at, &time::format_description::well_known::Rfc3339)
-        .map_err(|e| {
-            ApiError::bad_request(format!(
-                "at: {e} (expected RFC 3339, e.g. 2026-04-28T08:00:00+02:00)"
-            ))
-        })?;
-    let schedule = s
-        .control
-        .add_schedule(subject, state, at.unix_timestamp(), &who.0)?;
+    let at = parse_time("at", &body.at)?;
+    let schedule = s.control.add_schedule(subject, state, at, &who.0)?;
     Ok((StatusCode::CREATED, Json(schedule_json(&schedule))))
 }
 

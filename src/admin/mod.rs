@@ -39,6 +39,10 @@ pub fn app(state: Arc<AdminState>) -> Router {
                 .put(handlers::set_mailbox)
                 .delete(handlers::remove_mailbox),
         )
+        .route(
+            "/api/mailboxes/{address}/tempmail",
+            put(handlers::set_tempmail),
+        )
         .route("/api/import", post(handlers::import))
         .route(
             "/api/schedules",

@@ -158,6 +158,29 @@ impl Control {
         })
     }
 
+    /// Sets (`Some`) or clears a mailbox's own tempmail deadline.
+    pub fn set_tempmail(
+        &self,
+        address: &str,
+        until: Option<i64>,
+        who: &str,
+    ) -> Result<(), ControlError> {
+        let a = self.managed_address(address)?;
+        let ctx = self.ctx();
+        let state = ctx
+            .router
+            .resolve(&a, None)
+            .map_err(|e| ControlError::Invalid(e.to_string()))?
+            .state;
+        let change = Change::MailboxTempmail {
+            address: a,
+            until,
+            state,
+        };
+        ctx.router.store().apply(&change, who)?;
+        Ok(())
+    }
+
     /// Drops a mailbox's override: it follows its domain again.
     pub fn remove_mailbox(&self, address: &str, who: &str) -> Result<(bool, usize), ControlError> {
         let a = self.managed_address(address)?;

@@ -100,6 +100,9 @@ pub enum MailboxCommand {
     },
     /// A mailbox's effective state and route.
     Show { address: String },
+    /// Set this mailbox's own end of the tempmail view (RFC 3339), or
+    /// `none` to follow its domain's again.
+    Tempmail { address: String, until: String },
     /// Remove a mailbox's override: it follows its domain again.
     Rm { address: String },
     /// Mailbox overrides.

@@ -43,6 +43,7 @@ pub enum View {
     MailboxSet,
     MailboxShow,
     MailboxRm,
+    MailboxTempmail,
     MailboxList,
     Import,
     ScheduleList,
@@ -116,6 +117,15 @@ fn mailbox(action: &MailboxCommand) -> Result<Call, Failure> {
             state,
             backend,
         } => mailbox_set(address, state, backend.as_deref()),
+        MailboxCommand::Tempmail { address, until } => {
+            let until = match until.as_str() {
+                "none" => Value::Null,
+                at => parse_at(at)?.into(),
+            };
+            let path = format!("{}/tempmail", mailbox_path(address)?);
+            let body = Body::Json(serde_json::json!({ "until": until }));
+            Ok(Call::new(Method::Put, path, body, View::MailboxTempmail))
+        }
         MailboxCommand::Show { address } => {
             Ok(Call::get(mailbox_path(address)?, View::MailboxShow))
         }

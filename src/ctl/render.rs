@@ -20,6 +20,7 @@ pub fn render(view: View, body: &str) -> Result<String, Failure> {
         View::MailboxSet => parse(body).map(|c: MailboxChange| mailbox_set(&c)),
         View::MailboxShow => parse(body).map(|m: MailboxView| mailbox_show(&m)),
         View::MailboxRm => parse(body).map(|r: MailboxRemoved| mailbox_rm(&r)),
+        View::MailboxTempmail => parse(body).map(|t: Tempmail| tempmail(&t)),
         View::MailboxList => parse(body).map(|l: MailboxList| mailbox_list(&l)),
         View::Import => parse(body).map(|i: Imported| imported(&i)),
         View::ScheduleList => parse(body).map(|l: ScheduleList| schedule_list(&l)),
@@ -204,6 +205,19 @@ struct MailboxRemoved {
     removed: bool,
     #[serde(default)]
     kicked: u64,
+}
+
+#[derive(Deserialize)]
+struct Tempmail {
+    address: String,
+    tempmail_until: Option<String>,
+}
+
+fn tempmail(t: &Tempmail) -> String {
+    match &t.tempmail_until {
+        Some(at) => format!("{}: tempmail view open until {at}\n", t.address),
+        None => format!("{}: tempmail deadline follows the domain\n", t.address),
+    }
 }
 
 fn mailbox_rm(r: &MailboxRemoved) -> String {

@@ -107,6 +107,7 @@ impl Backend {
     /// TCP connect, then TLS at once if the endpoint is implicit TLS.
     pub async fn connect(&self, ep: &Endpoint, limit: Duration) -> Result<Stream, BackendError> {
         let addr = format!("{}:{}", ep.host, ep.port);
+        let started = std::time::Instant::now();
         let tcp = match tokio::time::timeout(limit, TcpStream::connect((ep.host.as_str(), ep.port)))
             .await
         {
@@ -120,6 +121,8 @@ impl Backend {
             }
             Err(_) => return Err(self.timeout("connect")),
         };
+        metrics::histogram!("ponte_backend_connect_seconds", "backend" => self.name.clone())
+            .record(started.elapsed().as_secs_f64());
         // Small command/response exchanges: do not wait for ACKs to batch them.
         let _ = tcp.set_nodelay(true);
         if ep.implicit_tls {

@@ -12,7 +12,8 @@ use std::sync::Arc;
 pub use seed::{import_seed, parse_mailbox_csv, Row, SeedError};
 pub use state::MailboxState;
 pub use store::{
-    AuditEntry, Change, DomainRecord, MailboxRecord, RedbStore, Schedule, StateStore, Subject,
+    rfc3339, AuditEntry, Change, DomainRecord, MailboxRecord, RedbStore, Schedule, StateStore,
+    Subject,
 };
 
 use crate::config::DomainConfig;
@@ -26,6 +27,9 @@ pub struct Route {
     pub domain: String,
     pub state: MailboxState,
     pub target: Target,
+    /// End of the read-only tempmail view (Unix seconds): the mailbox's
+    /// own deadline, else its domain's.
+    pub tempmail_until: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,11 +110,13 @@ impl Router {
         let address = normalize(login, default_domain).ok_or(RouteError::UnknownDomain)?;
         let (_, domain) = address.rsplit_once('@').ok_or(RouteError::UnknownDomain)?;
         let cfg = self.domains.get(domain).ok_or(RouteError::UnknownDomain)?;
-        let (state, backend) = match self.store.mailbox(&address)? {
-            Some(m) => (m.state, m.backend),
+        let domain_until = cfg.tempmail_until.map(|t| t.unix_timestamp());
+        let (state, backend, tempmail_until) = match self.store.mailbox(&address)? {
+            Some(m) => (m.state, m.backend, m.tempmail_until.or(domain_until)),
             None => (
                 self.store.domain(domain)?.map_or(cfg.state, |d| d.state),
                 None,
+                domain_until,
             ),
         };
         let target = target_for(state, cfg, backend);
@@ -119,6 +125,7 @@ impl Router {
             address,
             state,
             target,
+            tempmail_until,
         })
     }
 }

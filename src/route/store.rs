@@ -34,6 +34,10 @@ pub struct MailboxRecord {
     /// A backend other than the domain's for this mailbox's state.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backend: Option<String>,
+    /// This mailbox's own end of the read-only tempmail view (Unix
+    /// seconds), instead of its domain's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tempmail_until: Option<i64>,
     pub set_by: String,
     pub updated: i64,
 }
@@ -89,6 +93,13 @@ pub enum Change {
     Mailboxes(Vec<(String, MailboxState, Option<String>)>),
     RemoveMailbox {
         address: String,
+    },
+    /// Sets (or clears) a mailbox's own tempmail deadline; a mailbox
+    /// without a record gets one in `state` (its state in force).
+    MailboxTempmail {
+        address: String,
+        until: Option<i64>,
+        state: MailboxState,
     },
     AddSchedule {
         subject: Subject,
@@ -272,6 +283,7 @@ impl Writer<'_> {
                 let rec = MailboxRecord {
                     state: *state,
                     backend: backend.clone(),
+                    tempmail_until: old.as_ref().and_then(|o| o.tempmail_until),
                     set_by: self.who.to_string(),
                     updated: self.now,
                 };
@@ -284,6 +296,38 @@ impl Writer<'_> {
             self.audit(format!("mailbox {address}"), old, Some(new))?;
         }
         Ok(())
+    }
+
+    fn mailbox_tempmail(
+        &mut self,
+        address: &str,
+        until: Option<i64>,
+        state: MailboxState,
+    ) -> Result<(), StoreError> {
+        let mut t = self.txn.open_table(MAILBOXES).map_err(StoreError::new)?;
+        let old: Option<MailboxRecord> = t
+            .get(address)
+            .map_err(StoreError::new)?
+            .map(|v| from_json(v.value()))
+            .transpose()?;
+        let old_until = old.as_ref().and_then(|o| o.tempmail_until);
+        if old.is_some() && old_until == until {
+            return Ok(());
+        }
+        let mut rec = old.unwrap_or(MailboxRecord {
+            state,
+            backend: None,
+            tempmail_until: None,
+            set_by: self.who.to_string(),
+            updated: self.now,
+        });
+        rec.tempmail_until = until;
+        rec.updated = self.now;
+        t.insert(address, json(&rec)?.as_slice())
+            .map_err(StoreError::new)?;
+        drop(t);
+        let show = |u: Option<i64>| u.map(|u| format!("tempmail until {}", rfc3339(u)));
+        self.audit(format!("mailbox {address}"), show(old_until), show(until))
     }
 
     fn remove_mailbox(&mut self, address: &str) -> Result<(), StoreError> {
@@ -323,13 +367,7 @@ impl Writer<'_> {
             id
         };
         self.applied.schedule_id = Some(id);
-        let when = time::OffsetDateTime::from_unix_timestamp(at)
-            .ok()
-            .and_then(|t| {
-                t.format(&time::format_description::well_known::Rfc3339)
-                    .ok()
-            })
-            .unwrap_or_else(|| at.to_string());
+        let when = rfc3339(at);
         self.audit(
             format!("schedule {id}: {subject}"),
             None,
@@ -352,6 +390,17 @@ impl Writer<'_> {
         }
         Ok(())
     }
+}
+
+/// Unix seconds as RFC 3339 (UTC), or the number if out of range.
+pub fn rfc3339(unix: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| unix.to_string())
 }
 
 /// `migrated` or `migrated via backend2`, for the audit log.
@@ -436,6 +485,11 @@ impl StateStore for RedbStore {
             Change::DomainState { domain, state } => w.domain_state(domain, *state)?,
             Change::Mailboxes(rows) => w.mailboxes(rows)?,
             Change::RemoveMailbox { address } => w.remove_mailbox(address)?,
+            Change::MailboxTempmail {
+                address,
+                until,
+                state,
+            } => w.mailbox_tempmail(address, *until, *state)?,
             Change::AddSchedule { subject, state, at } => w.add_schedule(subject, *state, *at)?,
             Change::RemoveSchedule { id } => w.remove_schedule(*id)?,
         }
