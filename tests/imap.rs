@@ -378,14 +378,7 @@ fn curl_fetches_through_plain_and_implicit_tls() {
 #[test]
 fn idle_passes_through_and_sees_new_mail() {
     let w = World::start();
-    let mut c = LineConn::tcp(w.addr("imap"));
-    c.read_line();
-    assert!(c
-        .imap(
-            "a",
-            &format!("LOGIN {} {}", DAVE.address, DAVE.legacy_password.unwrap())
-        )
-        .is_ok());
+    let mut c = w.login(&DAVE, DAVE.legacy_password);
     assert!(c.imap("b", "SELECT INBOX").is_ok());
     c.send("c IDLE");
     assert!(c.read_line().starts_with('+'));
@@ -452,14 +445,7 @@ fn backend_down_is_a_prompt_temporary_failure() {
 #[test]
 fn kicked_session_gets_bye_alert() {
     let w = World::start();
-    let mut c = LineConn::tcp(w.addr("imap"));
-    c.read_line();
-    assert!(c
-        .imap(
-            "a",
-            &format!("LOGIN {} {}", ALICE.address, ALICE.legacy_password.unwrap())
-        )
-        .is_ok());
+    let mut c = w.login(&ALICE, ALICE.legacy_password);
     assert!(c.imap("b", "SELECT INBOX").is_ok());
     c.send("c IDLE");
     assert!(c.read_line().starts_with('+'));
@@ -483,14 +469,7 @@ fn kicked_session_gets_bye_alert() {
 #[test]
 fn shutdown_says_goodbye_to_open_sessions() {
     let mut w = World::start();
-    let mut c = LineConn::tcp(w.addr("imap"));
-    c.read_line();
-    assert!(c
-        .imap(
-            "a",
-            &format!("LOGIN {} {}", ALICE.address, ALICE.legacy_password.unwrap())
-        )
-        .is_ok());
+    let mut c = w.login(&ALICE, ALICE.legacy_password);
     let started = Instant::now();
     w.ponte.take().unwrap().stop();
     assert!(c.read_line().starts_with("* BYE"));

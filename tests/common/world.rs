@@ -15,11 +15,12 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 
 use super::certs::TestCa;
 use super::dovecot::{Dovecot, DovecotOptions};
+use super::net::LineConn;
 use super::ponte::Ponte;
 
 pub struct User {
@@ -225,6 +226,23 @@ state = "migrated"
         let path = self.dir.path().join("ponte.toml");
         std::fs::write(&path, text).expect("write ponte.toml");
         (path, addrs)
+    }
+
+    /// A plain IMAP session through ponte, logged in as `user` (tag `a`).
+    pub fn login(&self, user: &User, password: Option<&str>) -> LineConn<TcpStream> {
+        let mut c = LineConn::tcp(self.addr("imap"));
+        c.read_line();
+        let password = password.expect("the user has a password on that backend");
+        let r = c.imap(
+            "a",
+            &format!(
+                "LOGIN {} \"{}\"",
+                user.address,
+                password.replace('"', "\\\"")
+            ),
+        );
+        assert!(r.is_ok(), "login {}: {}", user.address, r.status);
+        c
     }
 
     pub fn ponte(&self) -> &Ponte {
