@@ -26,6 +26,10 @@ pub struct Framer {
     /// Length of the complete message at the front of `raw`, if any.
     done: usize,
     max: u32,
+    /// Keep a copy of the raw bytes (for `into_rest`). A streaming user
+    /// (the read-only filter) does not: an oversized literal it refuses
+    /// is then dropped as it arrives instead of piling up.
+    keep_raw: bool,
 }
 
 impl Framer {
@@ -35,6 +39,16 @@ impl Framer {
             raw: Vec::new(),
             done: 0,
             max: max_message,
+            keep_raw: true,
+        }
+    }
+
+    /// A framer that keeps no raw copy: memory stays bounded by
+    /// `max_message` whatever the peer sends.
+    pub fn streaming(max_message: u32) -> Framer {
+        Framer {
+            keep_raw: false,
+            ..Framer::new(max_message)
         }
     }
 
@@ -44,7 +58,9 @@ impl Framer {
         loop {
             let info = self.frag.progress()?;
             if self.frag.is_message_complete() {
-                self.done = self.frag.message_bytes().len();
+                if self.keep_raw {
+                    self.done = self.frag.message_bytes().len();
+                }
                 return Some(Frame::Message);
             }
             if let FragmentInfo::Line {
@@ -62,7 +78,11 @@ impl Framer {
 
     /// The bytes of the complete message returned last.
     pub fn message(&self) -> &[u8] {
-        &self.raw[..self.done]
+        if self.keep_raw {
+            &self.raw[..self.done]
+        } else {
+            self.frag.message_bytes()
+        }
     }
 
     pub fn is_too_long(&self) -> bool {
@@ -92,7 +112,9 @@ impl Framer {
 
     pub fn push(&mut self, bytes: &[u8]) {
         self.frag.enqueue_bytes(bytes);
-        self.raw.extend_from_slice(bytes);
+        if self.keep_raw {
+            self.raw.extend_from_slice(bytes);
+        }
     }
 
     /// Reads once from `stream` into the framer; returns the byte count

@@ -6,6 +6,7 @@ mod backend;
 pub mod boundary;
 pub mod framer;
 mod preauth;
+pub mod readonly;
 
 use std::time::Duration;
 
