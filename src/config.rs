@@ -326,12 +326,6 @@ impl Config {
                     format!("{} is not served by this build yet", l.protocol.name()),
                 ));
             }
-            if l.view == View::Tempmail {
-                return Err(ConfigError::invalid(
-                    key("view"),
-                    "tempmail is not served by this build yet",
-                ));
-            }
             if let Some(d) = &l.default_domain {
                 if !self.domain.contains_key(&d.to_ascii_lowercase()) {
                     return Err(ConfigError::invalid(

@@ -9,6 +9,7 @@ use std::time::SystemTime;
 
 use dashmap::DashMap;
 
+use crate::config::View;
 use crate::route::MailboxState;
 use tokio_util::sync::CancellationToken;
 
@@ -21,6 +22,8 @@ pub struct Entry {
     pub route: String,
     pub state: MailboxState,
     pub listener: String,
+    /// The listener's view: routes are re-checked in it on a flip.
+    pub view: View,
     pub peer: SocketAddr,
     pub since: SystemTime,
     kick: CancellationToken,
@@ -57,6 +60,7 @@ pub struct Info {
     pub route: String,
     pub state: MailboxState,
     pub listener: String,
+    pub view: View,
     pub peer: SocketAddr,
 }
 
@@ -101,6 +105,7 @@ impl Registry {
             route: info.route,
             state: info.state,
             listener: info.listener,
+            view: info.view,
             peer: info.peer,
             since: SystemTime::now(),
             kick: CancellationToken::new(),
@@ -172,6 +177,7 @@ mod tests {
             route: "legacy".into(),
             state: MailboxState::Legacy,
             listener: "imap".into(),
+            view: View::Live,
             peer: "127.0.0.1:1".parse().unwrap(),
         }
     }

@@ -267,7 +267,7 @@ impl Control {
     fn reroute(&self, matches: impl Fn(&Entry) -> bool) -> usize {
         let mut kicked = 0;
         for e in self.ctx().registry.list().iter().filter(|e| matches(e)) {
-            let Ok(now) = self.ctx().router.resolve(&e.address, None) else {
+            let Ok(now) = self.ctx().router.resolve_for(&e.address, None, e.view) else {
                 continue;
             };
             if now.target.label() != e.route {
@@ -275,6 +275,9 @@ impl Control {
                     Target::Live { .. } => {
                         "Your mailbox has moved to a new server; please reconnect.".to_string()
                     }
+                    Target::ReadOnly { alert, .. } => alert.clone().unwrap_or_else(|| {
+                        "Your mailbox is now read-only; please reconnect.".into()
+                    }),
                     Target::Unavailable { notice, .. } | Target::Refused { notice, .. } => {
                         notice.clone()
                     }

@@ -16,7 +16,7 @@ pub use store::{
     Subject,
 };
 
-use crate::config::DomainConfig;
+use crate::config::{DomainConfig, View};
 use crate::error::StoreError;
 
 /// Where a login goes.
@@ -36,6 +36,12 @@ pub struct Route {
 pub enum Target {
     /// Proxy the session to this backend, unchanged.
     Live { backend: String },
+    /// Serve the mailbox read-only from this backend (the tempmail view,
+    /// or a live login during the blackout, told so with `alert`).
+    ReadOnly {
+        backend: String,
+        alert: Option<String>,
+    },
     /// Refuse the login with a temporary error (cut-over in progress),
     /// once `check` (the legacy backend) has accepted the password.
     Unavailable { notice: String, check: String },
@@ -49,6 +55,7 @@ impl Target {
     pub fn label(&self) -> &str {
         match self {
             Target::Live { backend } => backend,
+            Target::ReadOnly { .. } => "read-only",
             Target::Unavailable { .. } => "unavailable",
             Target::Refused { .. } => "refused",
         }
@@ -104,9 +111,19 @@ impl Router {
         &self.store
     }
 
-    /// Normalizes a login (`User@Dom` → `user@dom`, bare local part + default
-    /// domain) and decides where it goes.
+    /// Where a login on a live listener goes.
     pub fn resolve(&self, login: &str, default_domain: Option<&str>) -> Result<Route, RouteError> {
+        self.resolve_for(login, default_domain, View::Live)
+    }
+
+    /// Normalizes a login (`User@Dom` → `user@dom`, bare local part + default
+    /// domain) and decides where it goes on a listener with this `view`.
+    pub fn resolve_for(
+        &self,
+        login: &str,
+        default_domain: Option<&str>,
+        view: View,
+    ) -> Result<Route, RouteError> {
         let address = normalize(login, default_domain).ok_or(RouteError::UnknownDomain)?;
         let (_, domain) = address.rsplit_once('@').ok_or(RouteError::UnknownDomain)?;
         let cfg = self.domains.get(domain).ok_or(RouteError::UnknownDomain)?;
@@ -119,7 +136,10 @@ impl Router {
                 domain_until,
             ),
         };
-        let target = target_for(state, cfg, backend);
+        let target = match view {
+            View::Live => target_for(state, cfg, backend),
+            View::Tempmail => tempmail_target(cfg, tempmail_until),
+        };
         Ok(Route {
             domain: domain.to_string(),
             address,
@@ -140,13 +160,37 @@ fn target_for(state: MailboxState, cfg: &DomainConfig, backend: Option<String>) 
         MailboxState::Migrated => Target::Live {
             backend: backend.unwrap_or_else(|| cfg.new.clone()),
         },
-        MailboxState::Blackout => Target::Unavailable {
-            notice: notice("This mailbox is being moved to a new provider; try again later."),
-            check: cfg.legacy.clone(),
+                MailboxState::Blackout => Target::ReadOnly {
+            backend: cfg.legacy.clone(),
+            alert: Some(notice(
+                "This mailbox is being moved to a new provider: it is read-only until the move is complete.",
+            )),
         },
         MailboxState::Excluded => Target::Refused {
             notice: notice("This mailbox is no longer served here."),
             check: cfg.legacy.clone(),
+        },
+    }
+}
+
+/// The tempmail view: the legacy mailbox, read-only, in every state, until
+/// the deadline.
+fn tempmail_target(cfg: &DomainConfig, until: Option<i64>) -> Target {
+    match until {
+        Some(t) if t <= now_unix() => Target::Refused {
+            notice: format!(
+                "The read-only view of your old mailbox closed on {}.{}",
+                rfc3339(t),
+                cfg.notice
+                    .as_ref()
+                    .map(|n| format!(" {n}"))
+                    .unwrap_or_default()
+            ),
+            check: cfg.legacy.clone(),
+        },
+        _ => Target::ReadOnly {
+            backend: cfg.legacy.clone(),
+            alert: None,
         },
     }
 }

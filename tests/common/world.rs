@@ -60,7 +60,7 @@ pub fn marker(backend: &str, user: &str) -> String {
 pub const ADMIN_TOKEN: &str = "test-token-0123456789abcdef";
 
 /// Listener names in the order `config` writes them.
-pub const LISTENERS: [&str; 4] = ["admin", "imap", "imap-starttls", "imaps"];
+pub const LISTENERS: [&str; 5] = ["admin", "imap", "imap-starttls", "imaps", "tempmail"];
 
 pub struct World {
     pub dir: tempfile::TempDir,
@@ -141,8 +141,9 @@ impl World {
         }
     }
 
-    /// The generated configuration: three IMAP listeners (plain, STARTTLS,
-    /// implicit TLS), legacy over IMAPS and new over IMAP+STARTTLS.
+    /// The generated configuration: three live IMAP listeners (plain,
+    /// STARTTLS, implicit TLS), a plain tempmail (read-only) one, legacy
+    /// over IMAPS and new over IMAP+STARTTLS.
     pub fn config(&self) -> String {
         let d = self.dir.path().display();
         let mut c = String::new();
@@ -189,6 +190,13 @@ name = "imaps"
 protocol = "imap"
 bind = "127.0.0.1:0"
 tls = "implicit"
+
+[[listener]]
+name = "tempmail"
+protocol = "imap"
+bind = "127.0.0.1:0"
+view = "tempmail"
+default_domain = "pec.example"
 
 [backend.legacy]
 imap = "imaps://{legacy_imaps}"

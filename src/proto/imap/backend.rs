@@ -312,6 +312,19 @@ fn is_alert(msg: &[u8]) -> bool {
     )
 }
 
+/// The capabilities named in a tagged reply's `[CAPABILITY …]` code.
+pub fn capabilities_of(tail: &[u8]) -> Vec<String> {
+    let mut line = b"t ".to_vec();
+    line.extend_from_slice(tail);
+    match imap_codec::decode::Decoder::decode(&ResponseCodec::default(), &line) {
+        Ok((_, Response::Status(Status::Tagged(t)))) => match t.body.code {
+            Some(Code::Capability(caps)) => caps.as_ref().iter().map(|c| c.to_string()).collect(),
+            _ => Vec::new(),
+        },
+        _ => Vec::new(),
+    }
+}
+
 fn has_capability_code(tail: &[u8]) -> bool {
     let mut line = b"t ".to_vec();
     line.extend_from_slice(tail);

@@ -7,6 +7,7 @@ pub mod boundary;
 pub mod framer;
 mod preauth;
 pub mod readonly;
+mod view;
 
 use std::time::Duration;
 
@@ -16,6 +17,7 @@ use tracing::{debug, info, warn};
 use self::backend::{ClientInfo, Login};
 use self::boundary::ResponseBoundary;
 use self::preauth::{Attempt, Front, FrontError, TlsPolicy};
+use self::readonly::Filter;
 use crate::net::bridge::{self, End, Stops};
 use crate::net::stream::Stream;
 use crate::registry::{Info, Registration};
@@ -42,6 +44,8 @@ struct Session {
     /// Sent to the client before the bridge starts: the backend's alerts,
     /// its OK under the client's tag, and what it sent after.
     hello: Vec<u8>,
+    /// For a read-only route: the command filter the session goes through.
+    filter: Option<Filter>,
 }
 
 /// What the client is told when a login does not go through.
@@ -106,8 +110,8 @@ const UNAVAILABLE: &str =
     "NO [UNAVAILABLE] Mail server temporarily unavailable, try again later.\r\n";
 
 /// Routes the login and logs in at the backend the route names. Mailboxes
-/// that are not served (blackout for now, excluded) are refused only after
-/// the legacy backend accepted the password, so that nobody learns a
+/// that are not served (excluded, a closed tempmail view) are refused only
+/// after the legacy backend accepted the password, so that nobody learns a
 /// mailbox's state or notice without it.
 async fn try_login(
     attempt: Attempt,
@@ -127,7 +131,7 @@ async fn try_login(
         password: creds.password,
     };
     let (backend_name, refusal) = match &route.target {
-        Target::Live { backend } => (backend.clone(), None),
+        Target::Live { backend } | Target::ReadOnly { backend, .. } => (backend.clone(), None),
         Target::Unavailable { notice, check } => (
             check.clone(),
             Some(format!("{tag} NO [UNAVAILABLE] {}\r\n", one_line(notice))),
@@ -143,6 +147,7 @@ async fn try_login(
         route: route.target.label().to_string(),
         state: route.state,
         listener: conn.listener.name.clone(),
+        view: conn.listener.view,
         peer: conn.peer,
     });
     let (stream, alerts, reply, rest) =
@@ -153,7 +158,23 @@ async fn try_login(
         return Err(Refusal::Retry(text));
     }
     let mut hello = alerts;
-    hello.reserve(tag.len() + 1 + reply.len() + rest.len());
+    let mut filter = None;
+    let reply = match &route.target {
+        Target::ReadOnly { alert, .. } => {
+            if let Some(a) = alert {
+                hello.extend_from_slice(format!("* OK [ALERT] {}\r\n", one_line(a)).as_bytes());
+            }
+            let f = Filter::new(&backend::capabilities_of(&reply));
+            let ok = format!(
+                "OK [CAPABILITY {}] Logged in, read-only.\r\n",
+                f.capabilities()
+            )
+            .into_bytes();
+            filter = Some(f);
+            ok
+        }
+        _ => reply,
+    };
     hello.extend_from_slice(tag.as_bytes());
     hello.push(b' ');
     hello.extend_from_slice(&reply);
@@ -163,13 +184,17 @@ async fn try_login(
         registration,
         backend: stream,
         hello,
+        filter,
     })
 }
 
 /// The route of a login; unknown domains fail like a wrong password.
 async fn resolve(tag: &str, user: &str, conn: &ConnInfo, ctx: &Ctx) -> Result<Route, Refusal> {
     let default_domain = conn.listener.default_domain.as_deref();
-    match ctx.router.resolve(user, default_domain) {
+    match ctx
+        .router
+        .resolve_for(user, default_domain, conn.listener.view)
+    {
         Ok(r) => Ok(r),
         Err(RouteError::UnknownDomain) => {
             // Only the domain part: people type passwords into user fields.
@@ -260,8 +285,8 @@ async fn backend_login(
     }
 }
 
-/// The live path: the backend's OK under the client's tag, whatever either
-/// side pipelined, then bytes both ways.
+/// After login: the backend's OK under the client's tag, then bytes both
+/// ways (live) or through the read-only filter (tempmail, blackout).
 async fn splice(
     mut client: Stream,
     client_rest: Vec<u8>,
@@ -273,10 +298,17 @@ async fn splice(
     count_login(conn, "ok");
     let registration = s.registration;
     let hello = s.hello;
+    // What the client pipelined behind its login goes straight on only on
+    // a live route; the read-only filter judges it like any command.
+    let rest_len = client_rest.len() as u64;
+    let (filter, direct_rest, filtered_rest) = match s.filter {
+        Some(f) => (Some(f), Vec::new(), client_rest),
+        None => (None, client_rest, Vec::new()),
+    };
     let greet = async {
         client.write_all(&hello).await?;
         client.flush().await?;
-        s.backend.write_all(&client_rest).await?;
+        s.backend.write_all(&direct_rest).await?;
         s.backend.flush().await
     };
     if let Err(e) = greet.await {
@@ -291,13 +323,18 @@ async fn splice(
         shutdown: &ctx.hard_stop,
         idle: ctx.config.limits.idle_timeout,
     };
-    let done = bridge::splice(
-        &mut client,
-        &mut s.backend,
-        stops,
-        &mut ResponseBoundary::default(),
-    )
-    .await;
+    let done = match filter {
+        Some(f) => view::run(&mut client, &mut s.backend, filtered_rest, f, stops).await,
+        None => {
+            bridge::splice(
+                &mut client,
+                &mut s.backend,
+                stops,
+                &mut ResponseBoundary::default(),
+            )
+            .await
+        }
+    };
     let goodbye = match &done.end {
         End::Kicked => {
             let reason = registration
@@ -327,7 +364,7 @@ async fn splice(
     metrics::counter!("ponte_bytes_total", "listener" => listener, "direction" => "down")
         .increment(done.down);
     Outcome::Spliced {
-        up: done.up + client_rest.len() as u64,
+        up: done.up + rest_len,
         down: done.down + hello.len() as u64,
         end: done.end,
     }
