@@ -109,11 +109,15 @@ pub struct Filter {
 impl Filter {
     /// `backend_caps`: the backend's capabilities after login.
     pub fn new(backend_caps: &[String]) -> Filter {
-        let caps: Vec<&str> = backend_caps
+        let mut caps: Vec<&str> = backend_caps
             .iter()
             .map(String::as_str)
             .filter(|c| keeps(c))
             .collect();
+        // A backend that named none still speaks IMAP4rev1 (RFC 3501).
+        if caps.is_empty() {
+            caps.push("IMAP4rev1");
+        }
         Filter {
             caps: caps.join(" "),
             idling: false,
