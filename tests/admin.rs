@@ -105,13 +105,16 @@ fn mailbox_flip_kicks_only_that_mailbox_and_blackout_is_read_only_with_an_alert(
     assert_eq!((code, body["kicked"].as_u64()), (200, Some(1)), "{body}");
     assert!(a.read_line().starts_with("* BYE"));
     assert!(d.imap("b", "NOOP").is_ok(), "dave's session is untouched");
-        // In blackout the live login gets the legacy box read-only, with an alert.
+    // In blackout the live login gets the legacy box read-only, with an alert.
     let mut c = LineConn::tcp(w.addr("imap"));
     let r = login(&mut c, ALICE.address, ALICE.legacy_password.unwrap());
     assert!(r.is_ok() && r.status.contains("read-only"), "{}", r.status);
     assert!(r.text().contains("* OK [ALERT]"), "{}", r.text());
     assert!(c.imap("b", "SELECT INBOX").status.contains("READ-ONLY"));
-    assert!(c.imap("c", "STORE 1 +FLAGS (\\Deleted)").status.starts_with("NO [NOPERM]"));
+    assert!(c
+        .imap("c", "STORE 1 +FLAGS (\\Deleted)")
+        .status
+        .starts_with("NO [NOPERM]"));
     let (_, show) = api.get("/api/mailboxes/alice@pec.example");
     assert_eq!(
         (show["state"].as_str(), show["source"].as_str()),
