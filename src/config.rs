@@ -320,10 +320,19 @@ impl Config {
                     "TLS needs at least one [[tls.certificate]]",
                 ));
             }
-            if l.protocol != Protocol::Imap {
+            if matches!(
+                l.protocol,
+                Protocol::Smtp | Protocol::Pop3 | Protocol::Submission
+            ) {
                 return Err(ConfigError::invalid(
                     key("protocol"),
                     format!("{} is not served by this build yet", l.protocol.name()),
+                ));
+            }
+            if l.view == View::Tempmail && l.protocol == Protocol::Submission {
+                return Err(ConfigError::invalid(
+                    key("view"),
+                    "tempmail is a read-only view: imap or pop3 only",
                 ));
             }
             if let Some(d) = &l.default_domain {
@@ -340,14 +349,30 @@ impl Config {
 
     fn validate_backends(&self) -> Result<(), ConfigError> {
         for (name, b) in &self.backend {
-            if let Some(url) = &b.imap {
-                let key = format!("backend.{name}.imap");
+            for (field, url) in [
+                ("imap", &b.imap),
+                ("pop3", &b.pop3),
+                ("submission", &b.submission),
+            ] {
+                let Some(url) = url else { continue };
+                let key = format!("backend.{name}.{field}");
                 let ep = crate::net::backend::Endpoint::parse(url, b.starttls)
                     .map_err(|reason| ConfigError::invalid(key.clone(), reason))?;
+                let schemes: &[&str] = match field {
+                    "imap" => &["imap://", "imaps://"],
+                    "pop3" => &["pop3://", "pop3s://"],
+                    _ => &["smtp://", "smtps://"],
+                };
+                if !schemes.iter().any(|s| url.starts_with(s)) {
+                    return Err(ConfigError::invalid(
+                        key,
+                        format!("expected {}", schemes.join(" or ")),
+                    ));
+                }
                 if !ep.is_protected() && !ep.is_loopback() {
                     return Err(ConfigError::invalid(
                         key,
-                        "credentials would cross the network in clear text: use imaps:// or starttls = true",
+                        "credentials would cross the network in clear text: use a TLS scheme or starttls = true",
                     ));
                 }
             }
@@ -368,12 +393,21 @@ impl Config {
                 let Some(b) = self.backend.get(backend) else {
                     return Err(ConfigError::invalid(key, format!("no [backend.{backend}]")));
                 };
-                let serves_imap = self.listener.iter().any(|l| l.protocol == Protocol::Imap);
-                if serves_imap && b.imap.is_none() {
-                    return Err(ConfigError::invalid(
-                        format!("backend.{backend}.imap"),
-                        format!("missing, and domain {name} routes IMAP to it"),
-                    ));
+                for (protocol, url) in [
+                    (Protocol::Imap, &b.imap),
+                    (Protocol::Pop3, &b.pop3),
+                    (Protocol::Submission, &b.submission),
+                ] {
+                    let served = self.listener.iter().any(|l| l.protocol == protocol);
+                    if served && url.is_none() {
+                        return Err(ConfigError::invalid(
+                            format!("backend.{backend}.{}", protocol.name()),
+                            format!(
+                                "missing, and domain {name} routes {} to it",
+                                protocol.name()
+                            ),
+                        ));
+                    }
                 }
             }
         }

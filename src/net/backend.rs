@@ -13,7 +13,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::{rustls::ClientConfig, TlsConnector};
 
 use super::stream::Stream;
-use crate::config::BackendConfig;
+use crate::config::{BackendConfig, Protocol};
 use crate::error::{BackendError, ConfigError};
 
 /// Where one protocol of a backend listens.
@@ -75,6 +75,8 @@ impl Endpoint {
 pub struct Backend {
     pub name: String,
     pub imap: Option<Endpoint>,
+    pub pop3: Option<Endpoint>,
+    pub submission: Option<Endpoint>,
     tls: Arc<ClientConfig>,
 }
 
@@ -87,15 +89,17 @@ pub fn build(cfg: &BTreeMap<String, BackendConfig>) -> Result<Backends, ConfigEr
     for (name, b) in cfg {
         let tls = super::tls::client_config(b.ca.as_deref())
             .map_err(|reason| ConfigError::invalid(format!("backend.{name}.ca"), reason))?;
-        let imap = b
-            .imap
-            .as_deref()
-            .map(|u| Endpoint::parse(u, b.starttls))
-            .transpose()
-            .map_err(|reason| ConfigError::invalid(format!("backend.{name}.imap"), reason))?;
+        let endpoint = |url: &Option<String>, key: &str| {
+            url.as_deref()
+                .map(|u| Endpoint::parse(u, b.starttls))
+                .transpose()
+                .map_err(|reason| ConfigError::invalid(format!("backend.{name}.{key}"), reason))
+        };
         let backend = Backend {
             name: name.clone(),
-            imap,
+            imap: endpoint(&b.imap, "imap")?,
+            pop3: endpoint(&b.pop3, "pop3")?,
+            submission: endpoint(&b.submission, "submission")?,
             tls,
         };
         out.insert(name.clone(), Arc::new(backend));
@@ -104,6 +108,20 @@ pub fn build(cfg: &BTreeMap<String, BackendConfig>) -> Result<Backends, ConfigEr
 }
 
 impl Backend {
+    /// The endpoint for a protocol, or the error that says there is none.
+    pub fn endpoint(&self, protocol: Protocol) -> Result<&Endpoint, BackendError> {
+        let ep = match protocol {
+            Protocol::Imap => self.imap.as_ref(),
+            Protocol::Pop3 => self.pop3.as_ref(),
+            Protocol::Submission => self.submission.as_ref(),
+            Protocol::Smtp => None,
+        };
+        ep.ok_or_else(|| BackendError::NoEndpoint {
+            backend: self.name.clone(),
+            protocol: protocol.name(),
+        })
+    }
+
     /// TCP connect, then TLS at once if the endpoint is implicit TLS.
     pub async fn connect(&self, ep: &Endpoint, limit: Duration) -> Result<Stream, BackendError> {
         let addr = format!("{}:{}", ep.host, ep.port);

@@ -2,20 +2,35 @@
 //! its close. `serve` picks the one the listener speaks.
 
 pub mod imap;
+pub mod pop3;
 pub mod sasl;
+pub mod submission;
 
 use crate::config::Protocol;
 use crate::net::stream::Stream;
 use crate::server::{ConnInfo, Ctx};
 
+/// How a session ended, for the closing log line.
+#[derive(Debug)]
+pub enum Outcome {
+    /// The client left (or was dropped) before logging in.
+    NoLogin(String),
+    /// Logged in and spliced; bytes each way and why it ended.
+    Spliced {
+        up: u64,
+        down: u64,
+        end: crate::net::bridge::End,
+    },
+}
+
 /// Runs the listener's protocol on one connection.
-pub async fn serve(stream: Stream, conn: &ConnInfo, ctx: &Ctx) -> imap::Outcome {
+pub async fn serve(stream: Stream, conn: &ConnInfo, ctx: &Ctx) -> Outcome {
     match conn.listener.protocol {
         Protocol::Imap => imap::serve(stream, conn, ctx).await,
-        // Refused by `Config::validate` until their front ends exist.
-        Protocol::Pop3 | Protocol::Submission | Protocol::Smtp => {
-            imap::Outcome::NoLogin("protocol not served".into())
-        }
+        Protocol::Pop3 => pop3::serve(stream, conn, ctx).await,
+        Protocol::Submission => submission::serve(stream, conn, ctx).await,
+        // Refused by `Config::validate` until the inbound path exists.
+        Protocol::Smtp => Outcome::NoLogin("protocol not served".into()),
     }
 }
 

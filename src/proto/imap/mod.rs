@@ -20,19 +20,11 @@ use self::preauth::{Attempt, Front, FrontError, TlsPolicy};
 use self::readonly::Filter;
 use crate::net::bridge::{self, End, Stops};
 use crate::net::stream::Stream;
+use crate::proto::Outcome;
 use crate::registry::{Info, Registration};
 use crate::route::{Route, RouteError, Target};
 use crate::secret::Credentials;
 use crate::server::{ConnInfo, Ctx};
-
-/// How a session ended, for the closing log line.
-#[derive(Debug)]
-pub enum Outcome {
-    /// The client left (or was dropped) before logging in.
-    NoLogin(String),
-    /// Logged in and spliced; bytes each way and why it ended.
-    Spliced { up: u64, down: u64, end: End },
-}
 
 /// A login that succeeded at the backend: what the bridge needs.
 struct Session {

@@ -1,0 +1,9 @@
+//! POP3 (RFC 1939): being written.
+
+use crate::net::stream::Stream;
+use crate::proto::Outcome;
+use crate::server::{ConnInfo, Ctx};
+
+pub async fn serve(_stream: Stream, _conn: &ConnInfo, _ctx: &Ctx) -> Outcome {
+    Outcome::NoLogin("pop3 is not served by this build yet".into())
+}
