@@ -320,10 +320,7 @@ impl Config {
                     "TLS needs at least one [[tls.certificate]]",
                 ));
             }
-            if matches!(
-                l.protocol,
-                Protocol::Smtp | Protocol::Pop3 | Protocol::Submission
-            ) {
+            if l.protocol == Protocol::Smtp {
                 return Err(ConfigError::invalid(
                     key("protocol"),
                     format!("{} is not served by this build yet", l.protocol.name()),

@@ -60,7 +60,18 @@ pub fn marker(backend: &str, user: &str) -> String {
 pub const ADMIN_TOKEN: &str = "test-token-0123456789abcdef";
 
 /// Listener names in the order `config` writes them.
-pub const LISTENERS: [&str; 5] = ["admin", "imap", "imap-starttls", "imaps", "tempmail"];
+pub const LISTENERS: [&str; 10] = [
+    "admin",
+    "imap",
+    "imap-starttls",
+    "imaps",
+    "tempmail",
+    "pop3",
+    "pop3s",
+    "pop3-tempmail",
+    "submission",
+    "submissions",
+];
 
 pub struct World {
     pub dir: tempfile::TempDir,
@@ -141,9 +152,11 @@ impl World {
         }
     }
 
-    /// The generated configuration: three live IMAP listeners (plain,
-    /// STARTTLS, implicit TLS), a plain tempmail (read-only) one, legacy
-    /// over IMAPS and new over IMAP+STARTTLS.
+    /// The generated configuration: live IMAP listeners (plain, STARTTLS,
+    /// implicit TLS), a plain tempmail (read-only) one, the same for POP3,
+    /// and submission (587-style STARTTLS, 465-style implicit TLS). Legacy
+    /// is reached over IMAPS/POP3S (plain submission), new over plain
+    /// ports upgraded with STARTTLS.
     pub fn config(&self) -> String {
         let d = self.dir.path().display();
         let mut c = String::new();
@@ -198,12 +211,47 @@ bind = "127.0.0.1:0"
 view = "tempmail"
 default_domain = "pec.example"
 
+[[listener]]
+name = "pop3"
+protocol = "pop3"
+bind = "127.0.0.1:0"
+default_domain = "pec.example"
+
+[[listener]]
+name = "pop3s"
+protocol = "pop3"
+bind = "127.0.0.1:0"
+tls = "implicit"
+
+[[listener]]
+name = "pop3-tempmail"
+protocol = "pop3"
+bind = "127.0.0.1:0"
+view = "tempmail"
+default_domain = "pec.example"
+
+[[listener]]
+name = "submission"
+protocol = "submission"
+bind = "127.0.0.1:0"
+tls = "starttls"
+
+[[listener]]
+name = "submissions"
+protocol = "submission"
+bind = "127.0.0.1:0"
+tls = "implicit"
+
 [backend.legacy]
 imap = "imaps://{legacy_imaps}"
+pop3 = "pop3s://{legacy_pop3s}"
+submission = "smtp://{legacy_submission}"
 ca = "{d}/ca.crt"
 
 [backend.new]
 imap = "imap://{new_imap}"
+pop3 = "pop3://{new_pop3}"
+submission = "smtp://{new_submission}"
 starttls = true
 ca = "{d}/ca.crt"
 
@@ -216,6 +264,10 @@ state = "migrated"
             extra_limits = self.extra,
             legacy_imaps = self.legacy.imaps_addr().expect("legacy imaps"),
             new_imap = self.new.imap_addr(),
+            legacy_pop3s = self.legacy.pop3s_addr().expect("legacy pop3s"),
+            legacy_submission = self.legacy.submission_addr(),
+            new_pop3 = self.new.pop3_addr(),
+            new_submission = self.new.submission_addr(),
         );
         c
     }
