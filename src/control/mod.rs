@@ -278,9 +278,7 @@ impl Control {
                     Target::ReadOnly { alert, .. } => alert.clone().unwrap_or_else(|| {
                         "Your mailbox is now read-only; please reconnect.".into()
                     }),
-                    Target::Unavailable { notice, .. } | Target::Refused { notice, .. } => {
-                        notice.clone()
-                    }
+                    Target::Refused { notice, .. } => notice.clone(),
                 };
                 kicked += self.ctx().registry.kick_id(e.id, &reason);
             }

@@ -2,6 +2,7 @@
 //! its close. `serve` picks the one the listener speaks.
 
 pub mod imap;
+pub mod login;
 pub mod pop3;
 pub mod sasl;
 pub mod submission;

@@ -42,9 +42,6 @@ pub enum Target {
         backend: String,
         alert: Option<String>,
     },
-    /// Refuse the login with a temporary error (cut-over in progress),
-    /// once `check` (the legacy backend) has accepted the password.
-    Unavailable { notice: String, check: String },
     /// Refuse the login for good (the mailbox is not served any more),
     /// once `check` has accepted the password.
     Refused { notice: String, check: String },
@@ -56,7 +53,6 @@ impl Target {
         match self {
             Target::Live { backend } => backend,
             Target::ReadOnly { .. } => "read-only",
-            Target::Unavailable { .. } => "unavailable",
             Target::Refused { .. } => "refused",
         }
     }

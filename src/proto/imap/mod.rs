@@ -20,9 +20,10 @@ use self::preauth::{Attempt, Front, FrontError, TlsPolicy};
 use self::readonly::Filter;
 use crate::net::bridge::{self, End, Stops};
 use crate::net::stream::Stream;
+use crate::proto::login::{self, one_line, Denied};
 use crate::proto::Outcome;
-use crate::registry::{Info, Registration};
-use crate::route::{Route, RouteError, Target};
+use crate::registry::Registration;
+use crate::route::{Route, Target};
 use crate::secret::Credentials;
 use crate::server::{ConnInfo, Ctx};
 
@@ -103,8 +104,7 @@ const UNAVAILABLE: &str =
 
 /// Routes the login and logs in at the backend the route names. Mailboxes
 /// that are not served (excluded, a closed tempmail view) are refused only
-/// after the legacy backend accepted the password, so that nobody learns a
-/// mailbox's state or notice without it.
+/// after the legacy backend accepted the password.
 async fn try_login(
     attempt: Attempt,
     front: &Front,
@@ -112,41 +112,22 @@ async fn try_login(
     ctx: &Ctx,
 ) -> Result<Session, Refusal> {
     let Attempt { tag, creds } = attempt;
-    let route = resolve(&tag, &creds.user, conn, ctx).await?;
-    let span = tracing::Span::current();
-    span.record("mailbox", route.address.as_str());
-    span.record("route", route.target.label());
-    // The backend knows the mailbox by its full address, whatever form
-    // (bare local part, mixed case) the client typed.
-    let creds = Credentials {
-        user: route.address.clone(),
-        password: creds.password,
-    };
-    let (backend_name, refusal) = match &route.target {
-        Target::Live { backend } | Target::ReadOnly { backend, .. } => (backend.clone(), None),
-        Target::Unavailable { notice, check } => (
-            check.clone(),
-            Some(format!("{tag} NO [UNAVAILABLE] {}\r\n", one_line(notice))),
-        ),
-        Target::Refused { notice, check } => (
-            check.clone(),
-            Some(format!("{tag} NO [CONTACTADMIN] {}\r\n", one_line(notice))),
-        ),
-    };
-    let registration = ctx.registry.register(Info {
-        address: route.address.clone(),
-        domain: route.domain.clone(),
-        route: route.target.label().to_string(),
-        state: route.state,
-        listener: conn.listener.name.clone(),
-        view: conn.listener.view,
-        peer: conn.peer,
-    });
+    let route = login::route(&creds.user, conn, ctx)
+        .await
+        .map_err(|denied| match denied {
+            Denied::UnknownDomain => Refusal::Failed(format!("{tag} {AUTH_FAILED}")),
+            Denied::Unavailable => Refusal::Retry(format!("{tag} {UNAVAILABLE}")),
+        })?;
+    let creds = login::backend_credentials(&route, creds);
+    let (backend_name, refusal) = login::backend_of(&route);
+    let refusal = refusal.map(|notice| format!("{tag} NO [CONTACTADMIN] {}\r\n", one_line(notice)));
+    let backend_name = backend_name.to_string();
+    let registration = login::register(&route, conn, ctx);
     let (stream, alerts, reply, rest) =
         backend_login(&tag, &backend_name, &creds, front, conn, ctx).await?;
     if let Some(text) = refusal {
         info!(state = %route.state, "login refused: mailbox not served here now");
-        count_login(conn, "refused");
+        login::count(conn, "refused");
         return Err(Refusal::Retry(text));
     }
     let mut hello = alerts;
@@ -178,31 +159,6 @@ async fn try_login(
         hello,
         filter,
     })
-}
-
-/// The route of a login; unknown domains fail like a wrong password.
-async fn resolve(tag: &str, user: &str, conn: &ConnInfo, ctx: &Ctx) -> Result<Route, Refusal> {
-    let default_domain = conn.listener.default_domain.as_deref();
-    match ctx
-        .router
-        .resolve_for(user, default_domain, conn.listener.view)
-    {
-        Ok(r) => Ok(r),
-        Err(RouteError::UnknownDomain) => {
-            // Only the domain part: people type passwords into user fields.
-            let domain = user.rsplit_once('@').map_or("", |(_, d)| d);
-            info!(domain = ?domain, outcome = "unknown domain", "login refused");
-            count_login(conn, "unknown_domain");
-            // Same pace as a wrong password, so a probe learns nothing.
-            tokio::time::sleep(ctx.config.limits.auth_failure_delay).await;
-            Err(Refusal::Failed(format!("{tag} {AUTH_FAILED}")))
-        }
-        Err(RouteError::Store(e)) => {
-            warn!(error = %e, "route lookup failed");
-            count_login(conn, "store_error");
-            Err(Refusal::Retry(format!("{tag} {UNAVAILABLE}")))
-        }
-    }
 }
 
 /// Logs in at the named backend: the stream, alerts, tagged reply and rest.
@@ -250,7 +206,7 @@ async fn backend_login(
             temporary,
         }) => {
             info!(outcome = "backend refused", temporary, "login refused");
-            count_login(
+            login::count(
                 conn,
                 if temporary {
                     "backend_unavailable"
@@ -271,7 +227,7 @@ async fn backend_login(
         }
         Err(e) => {
             warn!(error = %e, "backend unavailable");
-            count_login(conn, "backend_error");
+            login::count(conn, "backend_error");
             Err(Refusal::Retry(format!("{tag} {UNAVAILABLE}")))
         }
     }
@@ -287,7 +243,7 @@ async fn splice(
     ctx: &Ctx,
 ) -> Outcome {
     info!(state = %s.route.state, "logged in");
-    count_login(conn, "ok");
+    login::count(conn, "ok");
     let registration = s.registration;
     let hello = s.hello;
     // What the client pipelined behind its login goes straight on only on
@@ -360,15 +316,4 @@ async fn splice(
         down: done.down + hello.len() as u64,
         end: done.end,
     }
-}
-
-fn count_login(conn: &ConnInfo, outcome: &'static str) {
-    metrics::counter!("ponte_logins_total", "listener" => conn.listener.name.clone(), "outcome" => outcome).increment(1);
-}
-
-/// Text from configuration or an admin, safe inside one response line.
-fn one_line(text: &str) -> String {
-    text.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect()
 }

@@ -1,9 +1,256 @@
-//! POP3 (RFC 1939): being written.
+//! One POP3 session, top to bottom: pre-auth with the client, route the
+//! login, log in to the backend with the same credentials, answer with the
+//! backend's own `+OK`, then splice (live) or serve the read-only view
+//! (tempmail, blackout).
 
+mod backend;
+mod front;
+pub mod view;
+
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tracing::{info, warn};
+
+use self::backend::Login;
+use self::front::{Front, FrontError, TlsPolicy, AUTH_FAILED};
+use crate::net::bridge::{self, Boundary, End, Stops};
 use crate::net::stream::Stream;
+use crate::proto::login::{self, one_line, Denied};
 use crate::proto::Outcome;
+use crate::registry::Registration;
+use crate::route::{Route, Target};
+use crate::secret::Credentials;
 use crate::server::{ConnInfo, Ctx};
 
-pub async fn serve(_stream: Stream, _conn: &ConnInfo, _ctx: &Ctx) -> Outcome {
-    Outcome::NoLogin("pop3 is not served by this build yet".into())
+const UNAVAILABLE: &str =
+    "-ERR [SYS/TEMP] Mail server temporarily unavailable, try again later.\r\n";
+
+struct Session {
+    route: Route,
+    registration: Registration,
+    backend: Stream,
+    hello: Vec<u8>,
+}
+
+/// A login that did not go through: the line to send, and whether it
+/// counts as a failed authentication.
+struct Refusal {
+    line: String,
+    failed: bool,
+}
+
+impl Refusal {
+    fn retry(line: impl Into<String>) -> Refusal {
+        Refusal {
+            line: line.into(),
+            failed: false,
+        }
+    }
+
+    fn failed(line: impl Into<String>) -> Refusal {
+        Refusal {
+            line: line.into(),
+            failed: true,
+        }
+    }
+}
+
+pub async fn serve(stream: Stream, conn: &ConnInfo, ctx: &Ctx) -> Outcome {
+    let limits = &ctx.config.limits;
+    let policy = TlsPolicy {
+        mode: conn.listener.tls,
+        config: ctx.tls.clone(),
+    };
+    let budget = limits.max_preauth_bytes as usize * 4;
+    let mut front = Front::new(
+        stream,
+        policy,
+        conn.accepted + limits.preauth_timeout,
+        budget,
+    );
+    let session = match authenticate(&mut front, conn, ctx).await {
+        Ok(Some(s)) => s,
+        Ok(None) => return Outcome::NoLogin("quit".into()),
+        Err(e) => return Outcome::NoLogin(e.to_string()),
+    };
+    let Some((client, rest)) = front.into_parts() else {
+        return Outcome::NoLogin("stream lost".into());
+    };
+    splice(client, rest, session, conn, ctx).await
+}
+
+async fn authenticate(
+    front: &mut Front,
+    conn: &ConnInfo,
+    ctx: &Ctx,
+) -> Result<Option<Session>, FrontError> {
+    front.greet().await?;
+    let mut failures = 0;
+    loop {
+        let Some(creds) = front.next_login().await? else {
+            return Ok(None);
+        };
+        match try_login(creds, conn, ctx).await {
+            Ok(s) => return Ok(Some(s)),
+            Err(r) => {
+                front.write(r.line.as_bytes()).await?;
+                failures += u32::from(r.failed);
+                if failures >= ctx.config.limits.max_auth_failures {
+                    return Err(FrontError::Closed);
+                }
+            }
+        }
+    }
+}
+
+async fn try_login(creds: Credentials, conn: &ConnInfo, ctx: &Ctx) -> Result<Session, Refusal> {
+    let route = login::route(&creds.user, conn, ctx)
+        .await
+        .map_err(|d| match d {
+            Denied::UnknownDomain => Refusal::failed(AUTH_FAILED),
+            Denied::Unavailable => Refusal::retry(UNAVAILABLE),
+        })?;
+    let creds = login::backend_credentials(&route, creds);
+    let (backend_name, refusal) = login::backend_of(&route);
+    let refusal = refusal.map(|n| format!("-ERR [SYS/PERM] {}\r\n", one_line(n)));
+    let backend_name = backend_name.to_string();
+    let registration = login::register(&route, conn, ctx);
+    let (stream, reply, rest) = backend_login(&backend_name, &creds, conn, ctx).await?;
+    if let Some(line) = refusal {
+        info!(state = %route.state, "login refused: mailbox not served here now");
+        login::count(conn, "refused");
+        return Err(Refusal::retry(line));
+    }
+    let mut hello = match &route.target {
+        // POP3 has no alert: the notice goes into the +OK text.
+        Target::ReadOnly { alert, .. } => {
+            let note = alert
+                .as_deref()
+                .map(one_line)
+                .unwrap_or_else(|| "Read-only view of the old mailbox.".into());
+            format!("+OK Logged in, read-only. {note}\r\n").into_bytes()
+        }
+        _ => reply,
+    };
+    hello.extend_from_slice(&rest);
+    Ok(Session {
+        route,
+        registration,
+        backend: stream,
+        hello,
+    })
+}
+
+async fn backend_login(
+    name: &str,
+    creds: &Credentials,
+    conn: &ConnInfo,
+    ctx: &Ctx,
+) -> Result<(Stream, Vec<u8>, Vec<u8>), Refusal> {
+    let Some(backend) = ctx.backends.get(name) else {
+        warn!(backend = %name, "route names an unknown backend");
+        return Err(Refusal::retry(UNAVAILABLE));
+    };
+    let limits = &ctx.config.limits;
+    let started = std::time::Instant::now();
+    let result = backend::login(
+        backend,
+        creds,
+        conn.peer,
+        limits.connect_timeout,
+        limits.login_timeout,
+    )
+    .await;
+    login::time_backend(name, started);
+    match result {
+        Ok(Login::Ok {
+            stream,
+            reply,
+            rest,
+        }) => Ok((stream, reply, rest)),
+        Ok(Login::Refused { reply, temporary }) => {
+            info!(outcome = "backend refused", temporary, "login refused");
+            login::count(
+                conn,
+                if temporary {
+                    "backend_unavailable"
+                } else {
+                    "auth_failed"
+                },
+            );
+            let line = String::from_utf8_lossy(&reply).into_owned();
+            Err(if temporary {
+                Refusal::retry(line)
+            } else {
+                Refusal::failed(line)
+            })
+        }
+        Err(e) => {
+            warn!(error = %e, "backend unavailable");
+            login::count(conn, "backend_error");
+            Err(Refusal::retry(UNAVAILABLE))
+        }
+    }
+}
+
+/// POP3 has no unsolicited responses: a session told to go is closed
+/// without a line of ponte's own, and the client reconnects.
+struct NoBoundary;
+
+impl Boundary for NoBoundary {
+    fn observe(&mut self, _: &[u8]) {}
+
+    fn at_boundary(&self) -> bool {
+        false
+    }
+}
+
+async fn splice(
+    mut client: Stream,
+    rest: Vec<u8>,
+    mut s: Session,
+    conn: &ConnInfo,
+    ctx: &Ctx,
+) -> Outcome {
+    info!(state = %s.route.state, "logged in");
+    login::count(conn, "ok");
+    let read_only = matches!(s.route.target, Target::ReadOnly { .. });
+    if let Err(e) = client.write_all(&s.hello).await {
+        return Outcome::Spliced {
+            up: 0,
+            down: 0,
+            end: End::Error(e),
+        };
+    }
+    let _ = client.flush().await;
+    let stops = Stops {
+        kick: s.registration.entry.kick_token(),
+        shutdown: &ctx.hard_stop,
+        idle: ctx.config.limits.idle_timeout,
+    };
+    let done = if read_only {
+        view::run(&mut client, &mut s.backend, rest, stops).await
+    } else {
+        let sent = async {
+            s.backend.write_all(&rest).await?;
+            s.backend.flush().await
+        };
+        if let Err(e) = sent.await {
+            return Outcome::Spliced {
+                up: 0,
+                down: 0,
+                end: End::Error(e),
+            };
+        }
+        bridge::splice(&mut client, &mut s.backend, stops, &mut NoBoundary).await
+    };
+    // The read-only view never sends the backend a QUIT (nothing is
+    // committed); the live session's QUIT went through the splice.
+    let _ = tokio::time::timeout(Duration::from_secs(2), client.shutdown()).await;
+    Outcome::Spliced {
+        up: done.up,
+        down: done.down,
+        end: done.end,
+    }
 }

@@ -1,0 +1,101 @@
+//! What every protocol does between the client's credentials and its own
+//! backend login: route the login, say what is refused and why, list the
+//! session so that a flip can reach it, count the outcome. The protocols
+//! only phrase the answers in their own words.
+
+use tracing::{info, warn};
+
+use crate::registry::{Info, Registration};
+use crate::route::{Route, RouteError, Target};
+use crate::secret::Credentials;
+use crate::server::{ConnInfo, Ctx};
+
+/// Why a login goes no further than routing.
+pub enum Denied {
+    /// Not a managed domain: answered like a wrong password.
+    UnknownDomain,
+    /// The state store failed: a temporary error.
+    Unavailable,
+}
+
+/// The route of a login on this listener. An unknown domain is answered
+/// at the pace of a wrong password, so that probes learn nothing.
+pub async fn route(user: &str, conn: &ConnInfo, ctx: &Ctx) -> Result<Route, Denied> {
+    let default_domain = conn.listener.default_domain.as_deref();
+    match ctx
+        .router
+        .resolve_for(user, default_domain, conn.listener.view)
+    {
+        Ok(r) => {
+            let span = tracing::Span::current();
+            span.record("mailbox", r.address.as_str());
+            span.record("route", r.target.label());
+            Ok(r)
+        }
+        Err(RouteError::UnknownDomain) => {
+            // Only the domain part: people type passwords into user fields.
+            let domain = user.rsplit_once('@').map_or("", |(_, d)| d);
+            info!(domain = ?domain, outcome = "unknown domain", "login refused");
+            count(conn, "unknown_domain");
+            tokio::time::sleep(ctx.config.limits.auth_failure_delay).await;
+            Err(Denied::UnknownDomain)
+        }
+        Err(RouteError::Store(e)) => {
+            warn!(error = %e, "route lookup failed");
+            count(conn, "store_error");
+            Err(Denied::Unavailable)
+        }
+    }
+}
+
+/// The backend to log in at, and the notice to refuse with afterwards if
+/// the route does not serve the mailbox (the password is checked first,
+/// so that nobody learns a mailbox's state without it).
+pub fn backend_of(route: &Route) -> (&str, Option<&str>) {
+    match &route.target {
+        Target::Live { backend } | Target::ReadOnly { backend, .. } => (backend, None),
+        Target::Refused { notice, check } => (check, Some(notice)),
+    }
+}
+
+/// The credentials for the backend: it knows the mailbox by its full
+/// address, whatever form (bare local part, mixed case) the client typed.
+pub fn backend_credentials(route: &Route, creds: Credentials) -> Credentials {
+    Credentials {
+        user: route.address.clone(),
+        password: creds.password,
+    }
+}
+
+/// Lists the session from routing on, so that a flip during the backend
+/// login still reaches it.
+pub fn register(route: &Route, conn: &ConnInfo, ctx: &Ctx) -> Registration {
+    ctx.registry.register(Info {
+        address: route.address.clone(),
+        domain: route.domain.clone(),
+        route: route.target.label().to_string(),
+        state: route.state,
+        listener: conn.listener.name.clone(),
+        view: conn.listener.view,
+        peer: conn.peer,
+    })
+}
+
+/// Counts a login outcome per listener.
+pub fn count(conn: &ConnInfo, outcome: &'static str) {
+    metrics::counter!("ponte_logins_total", "listener" => conn.listener.name.clone(), "outcome" => outcome)
+        .increment(1);
+}
+
+/// Records how long a backend login took.
+pub fn time_backend(backend: &str, started: std::time::Instant) {
+    metrics::histogram!("ponte_backend_login_seconds", "backend" => backend.to_string())
+        .record(started.elapsed().as_secs_f64());
+}
+
+/// Text from configuration or an admin, safe inside one response line.
+pub fn one_line(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
