@@ -87,6 +87,15 @@ pub fn count(conn: &ConnInfo, outcome: &'static str) {
         .increment(1);
 }
 
+/// Counts a session's bytes each way per listener.
+pub fn count_bytes(conn: &ConnInfo, up: u64, down: u64) {
+    let listener = conn.listener.name.clone();
+    metrics::counter!("ponte_bytes_total", "listener" => listener.clone(), "direction" => "up")
+        .increment(up);
+    metrics::counter!("ponte_bytes_total", "listener" => listener, "direction" => "down")
+        .increment(down);
+}
+
 /// Records how long a backend login took.
 pub fn time_backend(backend: &str, started: std::time::Instant) {
     metrics::histogram!("ponte_backend_login_seconds", "backend" => backend.to_string())

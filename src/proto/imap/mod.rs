@@ -191,8 +191,7 @@ async fn backend_login(
         limits.login_timeout,
     )
     .await;
-    metrics::histogram!("ponte_backend_login_seconds", "backend" => backend_name.to_string())
-        .record(started.elapsed().as_secs_f64());
+    login::time_backend(backend_name, started);
     match login {
         Ok(Login::Ok {
             stream,
@@ -306,11 +305,7 @@ async fn splice(
         .await;
     }
     debug!(end = ?done.end, "bridge ended");
-    let listener = conn.listener.name.clone();
-    metrics::counter!("ponte_bytes_total", "listener" => listener.clone(), "direction" => "up")
-        .increment(done.up);
-    metrics::counter!("ponte_bytes_total", "listener" => listener, "direction" => "down")
-        .increment(done.down);
+    login::count_bytes(conn, done.up, done.down);
     Outcome::Spliced {
         up: done.up + rest_len,
         down: done.down + hello.len() as u64,

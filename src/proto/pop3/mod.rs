@@ -248,6 +248,7 @@ async fn splice(
     // The read-only view never sends the backend a QUIT (nothing is
     // committed); the live session's QUIT went through the splice.
     let _ = tokio::time::timeout(Duration::from_secs(2), client.shutdown()).await;
+    login::count_bytes(conn, done.up, done.down);
     Outcome::Spliced {
         up: done.up,
         down: done.down,
