@@ -15,6 +15,7 @@ pub mod registry;
 pub mod route;
 pub mod secret;
 pub mod server;
+pub mod spool;
 
 pub use config::Config;
 pub use server::Server;
