@@ -173,11 +173,13 @@ impl Control {
             .map_err(|e| ControlError::Invalid(e.to_string()))?
             .state;
         let change = Change::MailboxTempmail {
-            address: a,
+            address: a.clone(),
             until,
             state,
         };
         ctx.router.store().apply(&change, who)?;
+        // A deadline already past closes the open tempmail sessions.
+        self.reroute(|e| e.address == a);
         Ok(())
     }
 

@@ -30,6 +30,8 @@ pub enum End {
     Kicked,
     /// Server shutdown, after the grace period.
     Shutdown,
+    /// The session's time is up (a tempmail view past its deadline).
+    Expired,
     Error(io::Error),
 }
 
@@ -60,6 +62,18 @@ pub struct Stops<'a> {
     pub kick: &'a CancellationToken,
     pub shutdown: &'a CancellationToken,
     pub idle: Duration,
+    /// When the session must end whatever it is doing, if ever.
+    pub until: Option<Instant>,
+}
+
+impl Stops<'_> {
+    /// Resolves at `until` (never if there is none).
+    pub async fn expired(&self) {
+        match self.until {
+            Some(at) => tokio::time::sleep_until(at).await,
+            None => std::future::pending().await,
+        }
+    }
 }
 
 /// Copies both ways until the end; see [`End`]. On a stop from outside,
@@ -102,12 +116,13 @@ where
                 Err(e) => End::Error(e),
             },
             _ = stops.kick.cancelled() => End::Kicked,
-            _ = stops.shutdown.cancelled() => End::Shutdown,
+                        _ = stops.shutdown.cancelled() => End::Shutdown,
+            _ = stops.expired() => End::Expired,
             _ = clock.idle_for(stops.idle) => End::Idle,
         }
     };
     let at_boundary = match end {
-        End::Kicked | End::Shutdown | End::Idle => {
+        End::Kicked | End::Shutdown | End::Idle | End::Expired => {
             let drain = std::future::poll_fn(|cx| {
                 down.poll_drain(cx, &mut *backend, &mut *client, &mut *boundary)
             });
@@ -329,6 +344,7 @@ mod tests {
                 kick: &kick,
                 shutdown: &shutdown,
                 idle: Duration::from_secs(1800),
+                until: None,
             };
             splice(
                 &mut proxy_c,
@@ -363,6 +379,7 @@ mod tests {
                 kick: &kick,
                 shutdown: &shutdown,
                 idle: Duration::from_secs(60),
+                until: None,
             };
             splice(
                 &mut proxy_c,
@@ -425,6 +442,7 @@ mod tests {
                 kick: &k,
                 shutdown: &shutdown,
                 idle: Duration::from_secs(60),
+                until: None,
             };
             let done = splice(
                 &mut proxy_c,

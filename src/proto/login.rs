@@ -81,6 +81,17 @@ pub fn register(route: &Route, conn: &ConnInfo, ctx: &Ctx) -> Registration {
     })
 }
 
+/// When a tempmail session must end: its view's deadline (a live
+/// session, even read-only in a blackout, has none).
+pub fn view_deadline(route: &Route, conn: &ConnInfo) -> Option<tokio::time::Instant> {
+    if conn.listener.view != crate::config::View::Tempmail {
+        return None;
+    }
+    let left = route.tempmail_until? - crate::route::now_unix();
+    let left = std::time::Duration::from_secs(left.max(0) as u64);
+    Some(tokio::time::Instant::now() + left)
+}
+
 /// Counts a login outcome per listener.
 pub fn count(conn: &ConnInfo, outcome: &'static str) {
     metrics::counter!("ponte_logins_total", "listener" => conn.listener.name.clone(), "outcome" => outcome)

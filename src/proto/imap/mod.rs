@@ -269,6 +269,7 @@ async fn splice(
         kick: registration.entry.kick_token(),
         shutdown: &ctx.hard_stop,
         idle: ctx.config.limits.idle_timeout,
+        until: login::view_deadline(&s.route, conn),
     };
     let done = match filter {
         Some(f) => view::run(&mut client, &mut s.backend, filtered_rest, f, stops).await,
@@ -292,6 +293,9 @@ async fn splice(
         }
         End::Shutdown => Some("* BYE Server shutting down, please reconnect.\r\n".to_string()),
         End::Idle => Some("* BYE Autologout; idle for too long.\r\n".to_string()),
+        End::Expired => {
+            Some("* BYE [ALERT] The read-only view of your old mailbox has closed.\r\n".to_string())
+        }
         End::Closed | End::Error(_) => None,
     };
     // Mid-response (the backend never reached the end of its message) a

@@ -23,6 +23,8 @@ pub enum Verdict {
     Forward(Vec<u8>),
     /// Answer the client with these bytes; the backend sees nothing.
     Reply(Vec<u8>),
+    /// Already answered (refused at its literal): nothing more to do.
+    Drop,
 }
 
 /// What to do when the client announces a literal inside a command.
@@ -36,7 +38,11 @@ pub enum LiteralVerdict {
 }
 
 /// Capabilities a client of the view may see: only what the view lets
-/// through (no MOVE, UIDPLUS, COMPRESS, METADATA, APPEND extensions, …).
+/// through (no MOVE, UIDPLUS, COMPRESS, METADATA, APPEND extensions, …)
+/// and what the parser understands: a command the view cannot parse is
+/// refused, so extensions whose syntax imap-codec lacks (LIST-EXTENDED
+/// return options, ESEARCH/SEARCHRES/ESORT `RETURN`, PREVIEW, SNIPPET,
+/// SAVEDATE search keys) are not advertised.
 const KEPT_CAPABILITIES: &[&str] = &[
     "IMAP4REV1",
     "IMAP4REV2",
@@ -50,23 +56,13 @@ const KEPT_CAPABILITIES: &[&str] = &[
     "UNSELECT",
     "SORT",
     "SORT=DISPLAY",
-    "ESEARCH",
-    "ESORT",
-    "SEARCHRES",
     "WITHIN",
-    "CONTEXT=SEARCH",
     "CONDSTORE",
     "QRESYNC",
-    "LIST-EXTENDED",
-    "LIST-STATUS",
     "SPECIAL-USE",
     "BINARY",
-    "SNIPPET=FUZZY",
-    "PREVIEW=FUZZY",
-    "PREVIEW",
     "STATUS=SIZE",
     "QUOTA",
-    "SAVEDATE",
     "OBJECTID",
     "UTF8=ACCEPT",
     "LOGIN-REFERRALS",
@@ -104,6 +100,9 @@ pub struct Filter {
     caps: String,
     /// An IDLE went to the backend: the next client line must be DONE.
     idling: bool,
+    /// The command in progress was refused at a non-synchronizing literal:
+    /// its literal is dropped as it comes, and it gets no second answer.
+    refused: bool,
 }
 
 impl Filter {
@@ -121,6 +120,7 @@ impl Filter {
         Filter {
             caps: caps.join(" "),
             idling: false,
+            refused: false,
         }
     }
 
@@ -133,26 +133,34 @@ impl Filter {
     /// for a command that may be let through, so that a refused APPEND
     /// never gets its (possibly huge) literal invited.
     pub fn on_literal(
-        &self,
+        &mut self,
         partial: &[u8],
         mode: LiteralMode,
         length: u32,
         max: u32,
     ) -> LiteralVerdict {
-        let (tag, name) = command_words(partial);
-        if !READ_COMMANDS.contains(&name.as_str()) {
-            return LiteralVerdict::Refuse(no_perm(&tag, &name));
+        if self.refused {
+            // Already answered: a synchronizing literal is not invited (the
+            // message is skipped, with no second answer), a non-synchronizing
+            // one is dropped as it arrives.
+            if mode == LiteralMode::Sync {
+                self.refused = false;
+                return LiteralVerdict::Refuse(Vec::new());
+            }
+            return LiteralVerdict::Accept;
         }
-        if length > max {
-            let text = format!("{tag} NO [TOOBIG] Literal too large.\r\n");
-            return LiteralVerdict::Refuse(text.into_bytes());
-        }
-        let _ = mode;
-        LiteralVerdict::Accept
+        let verdict = judge_literal(partial, length, max);
+        // A refused synchronizing literal ends the message here (it is
+        // skipped); a non-synchronizing one arrives anyway.
+        self.refused = mode == LiteralMode::NonSync && matches!(verdict, LiteralVerdict::Refuse(_));
+        verdict
     }
 
     /// Judges one complete client message.
     pub fn judge(&mut self, framer: &Framer) -> Verdict {
+        if std::mem::take(&mut self.refused) {
+            return Verdict::Drop;
+        }
         if self.idling {
             return self.done(framer);
         }
@@ -219,6 +227,19 @@ impl Filter {
         }
         Verdict::Forward(encode(&cmd))
     }
+}
+
+/// Whether a literal of the command framed so far may be accepted.
+fn judge_literal(partial: &[u8], length: u32, max: u32) -> LiteralVerdict {
+    let (tag, name) = command_words(partial);
+    if !READ_COMMANDS.contains(&name.as_str()) {
+        return LiteralVerdict::Refuse(no_perm(&tag, &name));
+    }
+    if length > max {
+        let text = format!("{tag} NO [TOOBIG] Literal too large.\r\n");
+        return LiteralVerdict::Refuse(text.into_bytes());
+    }
+    LiteralVerdict::Accept
 }
 
 fn keeps(cap: &str) -> bool {
@@ -352,6 +373,7 @@ mod tests {
                 Frame::Message => match filter.judge(&framer) {
                     Verdict::Forward(b) => backend.extend_from_slice(&b),
                     Verdict::Reply(r) => client.extend_from_slice(&r),
+                    Verdict::Drop => {}
                 },
             }
         }
@@ -394,8 +416,8 @@ mod tests {
         );
         assert_eq!(
             client.matches("NO [NOPERM]").count(),
-            3,
-            "b refused at the literal and once complete: {client}"
+            2,
+            "one answer per refused command: {client}"
         );
     }
 

@@ -64,7 +64,7 @@ pub async fn run(
         Err(e) => End::Error(e),
     };
     let at_boundary = match end {
-        End::Kicked | End::Shutdown | End::Idle => v.drain().await,
+        End::Kicked | End::Shutdown | End::Idle | End::Expired => v.drain().await,
         _ => false,
     };
     Spliced {
@@ -101,7 +101,8 @@ impl View<'_> {
                     self.relay(&bbuf[..n]).await?;
                 }
                 _ = stops.kick.cancelled() => return Ok(End::Kicked),
-                _ = stops.shutdown.cancelled() => return Ok(End::Shutdown),
+                                _ = stops.shutdown.cancelled() => return Ok(End::Shutdown),
+                _ = stops.expired() => return Ok(End::Expired),
                 _ = tokio::time::sleep_until(self.last + stops.idle) => {
                     if self.last.elapsed() >= stops.idle {
                         return Ok(End::Idle);
@@ -131,6 +132,7 @@ impl View<'_> {
                         self.backend.flush().await?;
                     }
                     Verdict::Reply(bytes) => self.pending.extend_from_slice(&bytes),
+                    Verdict::Drop => {}
                 },
             }
         }

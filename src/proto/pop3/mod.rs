@@ -228,6 +228,7 @@ async fn splice(
         kick: s.registration.entry.kick_token(),
         shutdown: &ctx.hard_stop,
         idle: ctx.config.limits.idle_timeout,
+        until: login::view_deadline(&s.route, conn),
     };
     let done = if read_only {
         view::run(&mut client, &mut s.backend, rest, stops).await

@@ -99,7 +99,8 @@ pub async fn run(
             Err(e) => End::Error(e),
         },
         _ = stops.kick.cancelled() => End::Kicked,
-        _ = stops.shutdown.cancelled() => End::Shutdown,
+                _ = stops.shutdown.cancelled() => End::Shutdown,
+        _ = stops.expired() => End::Expired,
     };
     Spliced {
         up: v.up,
