@@ -9,4 +9,5 @@ pub mod dovecot;
 pub mod net;
 pub mod ponte;
 pub mod process;
+pub mod smtp_sink;
 pub mod world;

@@ -22,6 +22,7 @@ use super::certs::TestCa;
 use super::dovecot::{Dovecot, DovecotOptions};
 use super::net::LineConn;
 use super::ponte::Ponte;
+use super::smtp_sink::SmtpSink;
 
 pub struct User {
     pub address: &'static str,
@@ -80,6 +81,9 @@ pub struct World {
     pub ca_file: PathBuf,
     pub legacy: Dovecot,
     pub new: Dovecot,
+    /// Where each backend's submission service relays what it accepts.
+    pub legacy_sink: SmtpSink,
+    pub new_sink: SmtpSink,
     pub ponte: Option<Ponte>,
     /// Extra `[limits]` keys for the generated configuration.
     pub extra: String,
@@ -109,8 +113,10 @@ impl World {
         let ca_file = ca.write_to(dir.path(), "ca");
         let backend_cert = ca.issue(&["127.0.0.1", "localhost"]);
         let tls = backend_cert.write_to(dir.path(), "backend");
-        let legacy = start_backend("legacy", &tls, |u| u.legacy_password);
-        let new = start_backend("new", &tls, |u| u.new_password);
+        let legacy_sink = SmtpSink::start("legacy");
+        let new_sink = SmtpSink::start("new");
+        let legacy = start_backend("legacy", &tls, &legacy_sink, |u| u.legacy_password);
+        let new = start_backend("new", &tls, &new_sink, |u| u.new_password);
         for (name, d) in [("legacy", &legacy), ("new", &new)] {
             for u in USERS {
                 let has = if name == "legacy" {
@@ -147,6 +153,8 @@ impl World {
             ca_file,
             legacy,
             new,
+            legacy_sink,
+            new_sink,
             ponte: None,
             extra: extra.to_string(),
         }
@@ -325,6 +333,7 @@ state = "migrated"
 fn start_backend(
     name: &str,
     tls: &(PathBuf, PathBuf),
+    sink: &SmtpSink,
     password: impl Fn(&User) -> Option<&'static str>,
 ) -> Dovecot {
     let users: Vec<(&str, &str)> = USERS
@@ -333,5 +342,6 @@ fn start_backend(
         .collect();
     let mut opts = DovecotOptions::new(name, &users);
     opts.tls = Some(tls.clone());
+    opts.relay = Some(sink.addr());
     Dovecot::start(opts)
 }

@@ -3,7 +3,9 @@
 //! §4.2), `XCLIENT` with the client's address if the backend offers it
 //! (Dovecot does to `login_trusted_networks`; a new greeting and EHLO
 //! follow), then `AUTH PLAIN` with the client's credentials. The
-//! backend's own verdict is what the client gets when it refuses.
+//! backend's own verdict is what the client gets when it refuses. EHLO
+//! carries the client's own name, as a direct session would, so that the
+//! backend's `Received:` header names the client, not ponte.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -19,7 +21,7 @@ use crate::error::BackendError;
 use crate::net::backend::{Backend, Endpoint};
 use crate::net::stream::Stream;
 use crate::proto::sasl;
-use crate::secret::Credentials;
+use crate::secret::{Credentials, Secret};
 
 /// Who the client is, for the backend's logs, policies and trace header.
 pub struct ClientInfo<'a> {
@@ -40,7 +42,7 @@ pub enum Login {
 const MAX_LINE: usize = 4096;
 /// Replies before login are small (EHLO is the longest); more is broken.
 const MAX_REPLY: usize = 64 * 1024;
-/// What ponte calls itself in EHLO; the client's own name goes in XCLIENT.
+/// What ponte calls itself in EHLO when the client's name is unusable.
 const EHLO_NAME: &str = "ponte";
 
 /// One reply: its code and its raw lines.
@@ -55,6 +57,8 @@ struct Conn<'a> {
     stream: Stream,
     lines: Lines,
     deadline: Instant,
+    /// The EHLO line, with the client's name in it.
+    ehlo: String,
 }
 
 /// Connects, optionally upgrades with STARTTLS, forwards the client's
@@ -74,6 +78,7 @@ pub async fn login(
         stream,
         lines: Lines::new(MAX_LINE),
         deadline: Instant::now() + connect_timeout,
+        ehlo: format!("EHLO {}\r\n", ehlo_name(client.helo)),
     };
     conn.greeting().await?;
     let mut ehlo = conn.ehlo().await?;
@@ -151,8 +156,10 @@ impl Conn<'_> {
 
     /// EHLO; its extensions (smtp-proto's parser) and raw reply.
     async fn ehlo(&mut self) -> Result<Ehlo, BackendError> {
-        self.send(format!("EHLO {EHLO_NAME}\r\n").as_bytes())
-            .await?;
+        let line = std::mem::take(&mut self.ehlo);
+        let sent = self.send(line.as_bytes()).await;
+        self.ehlo = line;
+        sent?;
         let reply = self.read_reply().await?;
         if reply.code != 250 {
             return Err(self.backend.protocol_error(format!("EHLO {}", reply.code)));
@@ -185,6 +192,7 @@ impl Conn<'_> {
             ep,
             stream,
             deadline,
+            ehlo,
             ..
         } = self;
         let tcp = stream
@@ -196,6 +204,7 @@ impl Conn<'_> {
             stream: backend.start_tls(tcp, ep, limit).await?,
             lines: Lines::new(MAX_LINE),
             deadline,
+            ehlo,
         })
     }
 
@@ -223,7 +232,7 @@ impl Conn<'_> {
             return Err(self.backend.protocol_error("AUTH PLAIN not offered"));
         }
         let plain = sasl::encode_plain(creds);
-        let line = crate::secret::Secret::new(format!("AUTH PLAIN {}\r\n", b64(plain.expose())));
+        let line = Secret::new(format!("AUTH PLAIN {}\r\n", b64(plain.expose())));
         self.send(line.expose().as_bytes()).await?;
         let reply = self.read_reply().await?;
         match reply.code {
@@ -231,6 +240,8 @@ impl Conn<'_> {
                 stream: self.stream,
                 rest: self.lines.into_rest(),
             }),
+            // "Closing the channel" is not a verdict on the credentials.
+            421 => Err(self.backend.protocol_error("AUTH 421: service closing")),
             400..=599 => Ok(Login::Refused {
                 temporary: reply.code < 500,
                 reply: reply.raw,
@@ -261,10 +272,10 @@ impl Ehlo {
     }
 }
 
-/// `XCLIENT ADDR=… PORT=… [HELO=…]` with what the backend accepts, or
-/// `None` if it offers no XCLIENT. ADDR follows Postfix's syntax
-/// (`IPV6:` prefix); values are xtext (RFC 3461 §4), so a client's HELO
-/// name cannot inject anything.
+/// `XCLIENT ADDR=… [PORT=…]` with what the backend accepts, or `None` if
+/// it offers no XCLIENT. ADDR follows Postfix's syntax (`IPV6:` prefix).
+/// The client's name goes in the EHLO that follows, which would replace
+/// an XCLIENT `HELO=`.
 fn xclient_command(ehlo: &Ehlo, client: &ClientInfo<'_>) -> Option<String> {
     let attrs = ehlo.xclient()?;
     let has = |a: &str| attrs.iter().any(|x| x == a);
@@ -278,24 +289,19 @@ fn xclient_command(ehlo: &Ehlo, client: &ClientInfo<'_>) -> Option<String> {
     if has("PORT") {
         line.push_str(&format!(" PORT={}", client.peer.port()));
     }
-    if let (true, Some(helo)) = (has("HELO"), client.helo) {
-        line.push_str(&format!(" HELO={}", xtext(helo)));
-    }
     line.push_str("\r\n");
     Some(line)
 }
 
-/// RFC 3461 §4 xtext: `+XX` for `+`, `=` and anything outside `!`..`~`.
-fn xtext(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for b in value.bytes() {
-        if (b'!'..=b'~').contains(&b) && b != b'+' && b != b'=' {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("+{b:02X}"));
-        }
-    }
-    out
+/// The client's EHLO name if it is a plain domain or address literal
+/// (RFC 5321 §4.1.1.1), else ponte's own: it goes into a command line.
+fn ehlo_name(helo: Option<&str>) -> &str {
+    let usable = |h: &&str| {
+        (1..=255).contains(&h.len())
+            && h.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b".-_:[]".contains(&b))
+    };
+    helo.filter(usable).unwrap_or(EHLO_NAME)
 }
 
 /// The code of one reply line and whether it ends the reply (RFC 5321
@@ -343,15 +349,15 @@ mod tests {
     }
 
     #[test]
-    fn xclient_forwards_address_port_and_an_escaped_helo() {
+    fn xclient_forwards_address_and_port() {
         let e = ehlo(DOVECOT);
         let client = ClientInfo {
             peer: "[::ffff:192.0.2.7]:5000".parse().unwrap(),
-            helo: Some("evil\r\nAUTH=x+y"),
+            helo: Some("client.example"),
         };
         assert_eq!(
             xclient_command(&e, &client).unwrap(),
-            "XCLIENT ADDR=192.0.2.7 PORT=5000 HELO=evil+0D+0AAUTH+3Dx+2By\r\n"
+            "XCLIENT ADDR=192.0.2.7 PORT=5000\r\n"
         );
         let client = ClientInfo {
             peer: "[2001:db8::1]:25".parse().unwrap(),
@@ -361,6 +367,15 @@ mod tests {
             xclient_command(&ehlo("250 XCLIENT ADDR\r\n"), &client).unwrap(),
             "XCLIENT ADDR=IPV6:2001:db8::1\r\n"
         );
+    }
+
+    #[test]
+    fn ehlo_carries_the_clients_name_only_when_it_is_plain() {
+        assert_eq!(ehlo_name(Some("client.example")), "client.example");
+        assert_eq!(ehlo_name(Some("[192.0.2.7]")), "[192.0.2.7]");
+        assert_eq!(ehlo_name(Some("evil\r\nRCPT")), "ponte");
+        assert_eq!(ehlo_name(Some("caffè")), "ponte");
+        assert_eq!(ehlo_name(None), "ponte");
     }
 
     #[test]

@@ -88,7 +88,7 @@ mod tests {
 
     #[test]
     fn boundaries_fall_after_whole_replies_only() {
-        let ends = vec![46, 61, 69, 74];
+        let ends = vec![46, 60, 68, 73];
         assert_eq!(boundaries(1), ends);
         for size in 2..STREAM.len() {
             for pos in boundaries(size) {

@@ -88,7 +88,7 @@ mod tests {
         while lines.fill(&mut input).await.unwrap() > 0 {}
         assert_eq!(lines.next_line().unwrap(), Some(&b"EHLO a\r\n"[..]));
         assert_eq!(lines.next_line().unwrap(), Some(&b"AUTH PLAIN x\r\n"[..]));
-        assert_eq!(lines.pending(), 22);
+        assert_eq!(lines.pending(), 21);
         assert_eq!(lines.into_rest(), b"MAIL FROM:<a@b>\r\nRCPT");
     }
 

@@ -233,6 +233,7 @@ async fn splice(
         kick: s.registration.entry.kick_token(),
         shutdown: &ctx.hard_stop,
         idle: ctx.config.limits.idle_timeout,
+        until: login::view_deadline(&s.route, conn),
     };
     let done = bridge::splice(&mut client, &mut s.backend, stops, &mut boundary).await;
     // Inside a multi-line reply a 421 would garble it: close instead.
@@ -244,11 +245,7 @@ async fn splice(
         .await;
     }
     debug!(end = ?done.end, "bridge ended");
-    let listener = conn.listener.name.clone();
-    metrics::counter!("ponte_bytes_total", "listener" => listener.clone(), "direction" => "up")
-        .increment(done.up);
-    metrics::counter!("ponte_bytes_total", "listener" => listener, "direction" => "down")
-        .increment(done.down);
+    login::count_bytes(conn, done.up, done.down);
     Outcome::Spliced {
         up: done.up + client_rest.len() as u64,
         down: done.down + hello.len() as u64,
@@ -269,6 +266,7 @@ fn goodbye(end: &End, registration: &Registration) -> Option<String> {
         }
         End::Shutdown => Some("421 4.3.2 Server shutting down, please reconnect\r\n".into()),
         End::Idle => Some("421 4.4.2 Idle for too long, closing connection\r\n".into()),
+        End::Expired => Some("421 4.3.0 Session time is up, closing connection\r\n".into()),
         End::Closed | End::Error(_) => None,
     }
 }

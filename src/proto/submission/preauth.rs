@@ -67,7 +67,7 @@ const MAX_LINE: usize = 12288;
 /// How long a goodbye may take to write once the session is over anyway.
 const GOODBYE_LIMIT: Duration = Duration::from_secs(1);
 
-pub const AUTH_REQUIRED: &str = "530 5.7.0 Authentication required\r\n";
+const AUTH_REQUIRED: &str = "530 5.7.0 Authentication required\r\n";
 const STARTTLS_FIRST: &str = "530 5.7.0 Must issue a STARTTLS command first\r\n";
 const CANCELED: &str = "501 5.7.0 Authentication canceled\r\n";
 const UNDECODABLE: &str = "501 5.5.2 Cannot decode response\r\n";
