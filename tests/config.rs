@@ -103,3 +103,11 @@ fn invalid_files_name_the_key_and_the_reason() {
         );
     }
 }
+
+#[test]
+fn the_example_configuration_is_valid() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/ponte.toml");
+    let cfg = Config::load(&path).unwrap_or_else(|e| panic!("conf/ponte.toml: {e}"));
+    assert!(cfg.listener.iter().any(|l| l.name == "tempmail-imaps"));
+    assert!(cfg.admin.is_some());
+}
