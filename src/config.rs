@@ -112,6 +112,8 @@ pub struct Limits {
     /// pauses before a wrong password, so that probes learn nothing.
     #[serde(with = "humantime_serde")]
     pub auth_failure_delay: Duration,
+    /// Largest message inbound SMTP accepts (advertised as `SIZE`).
+    pub max_message_size: u64,
 }
 
 impl Default for Limits {
@@ -125,6 +127,7 @@ impl Default for Limits {
             max_preauth_bytes: 16 * 1024,
             max_connections: 20_000,
             max_connections_per_ip: 500,
+            max_message_size: 50 * 1024 * 1024,
             max_auth_failures: 3,
             auth_failure_delay: Duration::from_secs(2),
         }
@@ -320,13 +323,8 @@ impl Config {
                     "TLS needs at least one [[tls.certificate]]",
                 ));
             }
-            if l.protocol == Protocol::Smtp {
-                return Err(ConfigError::invalid(
-                    key("protocol"),
-                    format!("{} is not served by this build yet", l.protocol.name()),
-                ));
-            }
-            if l.view == View::Tempmail && l.protocol == Protocol::Submission {
+            let sends_mail = matches!(l.protocol, Protocol::Submission | Protocol::Smtp);
+            if l.view == View::Tempmail && sends_mail {
                 return Err(ConfigError::invalid(
                     key("view"),
                     "tempmail is a read-only view: imap or pop3 only",
@@ -373,6 +371,14 @@ impl Config {
                     ));
                 }
             }
+            if let Some(url) = &b.inbound {
+                let key = format!("backend.{name}.inbound");
+                crate::net::backend::Endpoint::parse(url, false)
+                    .map_err(|reason| ConfigError::invalid(key.clone(), reason))?;
+                if !url.starts_with("smtp://") && !url.starts_with("lmtp://") {
+                    return Err(ConfigError::invalid(key, "expected smtp:// or lmtp://"));
+                }
+            }
         }
         Ok(())
     }
@@ -390,15 +396,16 @@ impl Config {
                 let Some(b) = self.backend.get(backend) else {
                     return Err(ConfigError::invalid(key, format!("no [backend.{backend}]")));
                 };
-                for (protocol, url) in [
-                    (Protocol::Imap, &b.imap),
-                    (Protocol::Pop3, &b.pop3),
-                    (Protocol::Submission, &b.submission),
+                for (protocol, field, url) in [
+                    (Protocol::Imap, "imap", &b.imap),
+                    (Protocol::Pop3, "pop3", &b.pop3),
+                    (Protocol::Submission, "submission", &b.submission),
+                    (Protocol::Smtp, "inbound", &b.inbound),
                 ] {
                     let served = self.listener.iter().any(|l| l.protocol == protocol);
                     if served && url.is_none() {
                         return Err(ConfigError::invalid(
-                            format!("backend.{backend}.{}", protocol.name()),
+                            format!("backend.{backend}.{field}"),
                             format!(
                                 "missing, and domain {name} routes {} to it",
                                 protocol.name()

@@ -69,6 +69,8 @@ pub enum ServerError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Spool(#[from] crate::spool::SpoolError),
     #[error("listener {name}: bind {addr}: {source}")]
     Bind {
         name: String,

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_rustls::rustls::ServerConfig;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -24,6 +24,7 @@ use crate::net::backend::{self, Backends};
 use crate::net::listener;
 use crate::registry::Registry;
 use crate::route::{import_seed, RedbStore, Router, StateStore};
+use crate::spool::{self, worker, Spool};
 
 /// Everything a session needs. One per configuration generation: a
 /// reload builds a new one; sessions keep the one they started with. The
@@ -38,6 +39,26 @@ pub struct Ctx {
     /// Cancelled when the shutdown grace period is over: bridges still
     /// open say goodbye and close.
     pub hard_stop: CancellationToken,
+    /// The inbound spool and the delivery worker's wake-up, shared by all
+    /// generations.
+    pub inbound: Inbound,
+}
+
+/// What inbound SMTP shares with the delivery worker.
+#[derive(Clone)]
+pub struct Inbound {
+    /// Opened at start when an inbound (`smtp`) listener is configured;
+    /// without it inbound sessions answer `451`.
+    pub spool: Option<Arc<Spool>>,
+    /// Pokes the delivery worker: a message was spooled or a state flipped.
+    pub wake: Arc<Notify>,
+}
+
+impl Inbound {
+    /// Wakes the delivery worker (or makes its next wait return at once).
+    pub fn wake_worker(&self) {
+        self.wake.notify_one();
+    }
 }
 
 impl Ctx {
@@ -48,6 +69,7 @@ impl Ctx {
         store: Arc<dyn StateStore>,
         registry: Arc<Registry>,
         hard_stop: CancellationToken,
+        inbound: Inbound,
     ) -> Result<Ctx, ServerError> {
         let router = Router::new(store, config.domain.clone())?;
         let backends = backend::build(&config.backend)?;
@@ -65,6 +87,7 @@ impl Ctx {
             registry,
             tls,
             hard_stop,
+            inbound,
         })
     }
 }
@@ -157,7 +180,17 @@ impl Server {
             }
             None => None,
         };
-        let ctx = Ctx::build(config, store, Registry::new(), CancellationToken::new())?;
+        let inbound = Inbound {
+            spool: open_spool(&config)?,
+            wake: Arc::new(Notify::new()),
+        };
+        let ctx = Ctx::build(
+            config,
+            store,
+            Registry::new(),
+            CancellationToken::new(),
+            inbound,
+        )?;
         let current = Arc::new(ArcSwap::from_pointee(ctx));
         Ok(Server {
             control: Control::new(current.clone()),
@@ -223,6 +256,12 @@ impl Server {
         running
             .accept_loops
             .spawn(scheduler::run(control.clone(), shutdown.clone()));
+        if let Some(spool) = current.load().inbound.spool.clone() {
+            let wake = current.load().inbound.wake.clone();
+            running
+                .accept_loops
+                .spawn(worker::run(current.clone(), spool, wake, shutdown.clone()));
+        }
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -239,6 +278,27 @@ impl Server {
         running.drain().await;
         Ok(())
     }
+}
+
+/// Opens the spool if an inbound listener needs it (recovering from a
+/// crash: see `spool::Spool::open_with`).
+fn open_spool(config: &Config) -> Result<Option<Arc<Spool>>, ServerError> {
+    let inbound = config
+        .listener
+        .iter()
+        .any(|l| l.protocol == crate::config::Protocol::Smtp);
+    if !inbound {
+        return Ok(None);
+    }
+    let opts = spool::Options {
+        // Room for ponte's own Received: header on top of the SIZE limit.
+        max_message_bytes: config.limits.max_message_size + 4096,
+        ..spool::Options::default()
+    };
+    let spool = Spool::open_with(&config.spool.path, opts)?;
+    let r = spool.recovery();
+    info!(messages = r.messages, path = %config.spool.path.display(), "spool open");
+    Ok(Some(Arc::new(spool)))
 }
 
 async fn serve_admin(
@@ -303,9 +363,16 @@ impl Running {
         if config.admin.as_ref().map(|a| a.bind) != old.config.admin.as_ref().map(|a| a.bind) {
             warn!("admin.bind changes take effect at the next restart");
         }
+        check_inbound(&config, &old)?;
         let store = old.router.store().clone();
-        let ctx = Ctx::build(config, store, old.registry.clone(), old.hard_stop.clone())
-            .map_err(|e| e.to_string())?;
+        let ctx = Ctx::build(
+            config,
+            store,
+            old.registry.clone(),
+            old.hard_stop.clone(),
+            old.inbound.clone(),
+        )
+        .map_err(|e| e.to_string())?;
         let mut bound = Vec::new();
         for l in &ctx.config.listener {
             let same = self
@@ -366,6 +433,22 @@ impl Running {
         }
         info!("stopped");
     }
+}
+
+/// The spool is opened at start: a reload cannot add the first inbound
+/// listener or move the spool.
+fn check_inbound(config: &Config, old: &Ctx) -> Result<(), String> {
+    let inbound = config
+        .listener
+        .iter()
+        .any(|l| l.protocol == crate::config::Protocol::Smtp);
+    if old.inbound.spool.is_none() && inbound {
+        return Err("the first inbound (smtp) listener needs a restart".into());
+    }
+    if old.inbound.spool.is_some() && config.spool.path != old.config.spool.path {
+        return Err("spool.path cannot change without a restart".into());
+    }
+    Ok(())
 }
 
 /// Whether a running listener's address still satisfies a configured

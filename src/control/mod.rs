@@ -267,6 +267,8 @@ impl Control {
     /// Closes the matching sessions whose route is no longer the one they
     /// are on; their clients reconnect and land on the new route.
     fn reroute(&self, matches: impl Fn(&Entry) -> bool) -> usize {
+        // Spooled mail may now have a live route: let the worker look.
+        self.ctx().inbound.wake_worker();
         let mut kicked = 0;
         for e in self.ctx().registry.list().iter().filter(|e| matches(e)) {
             let Ok(now) = self.ctx().router.resolve_for(&e.address, None, e.view) else {

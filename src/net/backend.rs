@@ -25,6 +25,8 @@ pub struct Endpoint {
     pub implicit_tls: bool,
     /// Upgrade with the protocol's STARTTLS after the greeting.
     pub starttls: bool,
+    /// `lmtp://`: LHLO, and one reply per recipient after DATA (RFC 2033).
+    pub lmtp: bool,
 }
 
 impl Endpoint {
@@ -55,6 +57,7 @@ impl Endpoint {
             port: url.port().unwrap_or(default_port),
             implicit_tls,
             starttls: starttls && !implicit_tls,
+            lmtp: url.scheme() == "lmtp",
         })
     }
 
@@ -77,6 +80,9 @@ pub struct Backend {
     pub imap: Option<Endpoint>,
     pub pop3: Option<Endpoint>,
     pub submission: Option<Endpoint>,
+    /// Where inbound mail is delivered (`smtp://` or `lmtp://`, plain:
+    /// no credentials cross it).
+    pub inbound: Option<Endpoint>,
     tls: Arc<ClientConfig>,
 }
 
@@ -100,6 +106,14 @@ pub fn build(cfg: &BTreeMap<String, BackendConfig>) -> Result<Backends, ConfigEr
             imap: endpoint(&b.imap, "imap")?,
             pop3: endpoint(&b.pop3, "pop3")?,
             submission: endpoint(&b.submission, "submission")?,
+            inbound: b
+                .inbound
+                .as_deref()
+                .map(|u| Endpoint::parse(u, false))
+                .transpose()
+                .map_err(|reason| {
+                    ConfigError::invalid(format!("backend.{name}.inbound"), reason)
+                })?,
             tls,
         };
         out.insert(name.clone(), Arc::new(backend));
@@ -114,7 +128,7 @@ impl Backend {
             Protocol::Imap => self.imap.as_ref(),
             Protocol::Pop3 => self.pop3.as_ref(),
             Protocol::Submission => self.submission.as_ref(),
-            Protocol::Smtp => None,
+            Protocol::Smtp => self.inbound.as_ref(),
         };
         ep.ok_or_else(|| BackendError::NoEndpoint {
             backend: self.name.clone(),

@@ -2,9 +2,11 @@
 //! its close. `serve` picks the one the listener speaks.
 
 pub mod imap;
+pub mod inbound;
 pub mod login;
 pub mod pop3;
 pub mod sasl;
+pub mod smtp;
 pub mod submission;
 
 use crate::config::Protocol;
@@ -22,16 +24,19 @@ pub enum Outcome {
         down: u64,
         end: crate::net::bridge::End,
     },
+    /// An inbound SMTP session: messages accepted and how it ended.
+    Inbound { messages: u32, end: String },
 }
 
 /// Runs the listener's protocol on one connection.
 pub async fn serve(stream: Stream, conn: &ConnInfo, ctx: &Ctx) -> Outcome {
+    // Each protocol's session is boxed: the task then holds only the one
+    // it runs, not room for the largest of them.
     match conn.listener.protocol {
-        Protocol::Imap => imap::serve(stream, conn, ctx).await,
-        Protocol::Pop3 => pop3::serve(stream, conn, ctx).await,
-        Protocol::Submission => submission::serve(stream, conn, ctx).await,
-        // Refused by `Config::validate` until the inbound path exists.
-        Protocol::Smtp => Outcome::NoLogin("protocol not served".into()),
+        Protocol::Imap => Box::pin(imap::serve(stream, conn, ctx)).await,
+        Protocol::Pop3 => Box::pin(pop3::serve(stream, conn, ctx)).await,
+        Protocol::Submission => Box::pin(submission::serve(stream, conn, ctx)).await,
+        Protocol::Smtp => Box::pin(inbound::serve(stream, conn, ctx)).await,
     }
 }
 

@@ -28,6 +28,7 @@ mod recover;
 mod seen;
 mod stats;
 mod store;
+pub mod worker;
 
 pub use envelope::{Envelope, Recipient, Status};
 pub use error::SpoolError;

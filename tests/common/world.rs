@@ -61,7 +61,7 @@ pub fn marker(backend: &str, user: &str) -> String {
 pub const ADMIN_TOKEN: &str = "test-token-0123456789abcdef";
 
 /// Listener names in the order `config` writes them.
-pub const LISTENERS: [&str; 10] = [
+pub const LISTENERS: [&str; 11] = [
     "admin",
     "imap",
     "imap-starttls",
@@ -72,6 +72,7 @@ pub const LISTENERS: [&str; 10] = [
     "pop3-tempmail",
     "submission",
     "submissions",
+    "inbound",
 ];
 
 pub struct World {
@@ -162,7 +163,8 @@ impl World {
 
     /// The generated configuration: live IMAP listeners (plain, STARTTLS,
     /// implicit TLS), a plain tempmail (read-only) one, the same for POP3,
-    /// and submission (587-style STARTTLS, 465-style implicit TLS). Legacy
+    /// submission (587-style STARTTLS, 465-style implicit TLS) and inbound
+    /// SMTP (STARTTLS offered; each backend's LMTP behind it). Legacy
     /// is reached over IMAPS/POP3S (plain submission), new over plain
     /// ports upgraded with STARTTLS.
     pub fn config(&self) -> String {
@@ -174,6 +176,9 @@ impl World {
 [state]
 path = "{d}/state"
 seed = "{d}/mailboxes.csv"
+
+[spool]
+path = "{d}/spool"
 
 [admin]
 bind = "127.0.0.1:0"
@@ -250,16 +255,24 @@ protocol = "submission"
 bind = "127.0.0.1:0"
 tls = "implicit"
 
+[[listener]]
+name = "inbound"
+protocol = "smtp"
+bind = "127.0.0.1:0"
+tls = "starttls"
+
 [backend.legacy]
 imap = "imaps://{legacy_imaps}"
 pop3 = "pop3s://{legacy_pop3s}"
 submission = "smtp://{legacy_submission}"
+inbound = "lmtp://{legacy_lmtp}"
 ca = "{d}/ca.crt"
 
 [backend.new]
 imap = "imap://{new_imap}"
 pop3 = "pop3://{new_pop3}"
 submission = "smtp://{new_submission}"
+inbound = "lmtp://{new_lmtp}"
 starttls = true
 ca = "{d}/ca.crt"
 
@@ -276,6 +289,8 @@ state = "migrated"
             legacy_submission = self.legacy.submission_addr(),
             new_pop3 = self.new.pop3_addr(),
             new_submission = self.new.submission_addr(),
+            legacy_lmtp = self.legacy.lmtp_addr(),
+            new_lmtp = self.new.lmtp_addr(),
         );
         c
     }

@@ -64,6 +64,17 @@ impl Lines {
         self.buf.len() - self.start
     }
 
+    /// The bytes received and not taken yet, for a receiver that is not
+    /// line-based (DATA); tell [`Lines::consume`] how many it took.
+    pub fn pending_bytes(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
+
+    /// Marks `n` pending bytes as taken.
+    pub fn consume(&mut self, n: usize) {
+        self.start = (self.start + n).min(self.buf.len());
+    }
+
     /// Drops everything buffered (STARTTLS: it came in clear text).
     pub fn clear(&mut self) {
         self.buf = Vec::new();

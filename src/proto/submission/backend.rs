@@ -15,12 +15,12 @@ use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 use tracing::debug;
 
-use super::lines::Lines;
 use crate::config::Protocol;
 use crate::error::BackendError;
 use crate::net::backend::{Backend, Endpoint};
 use crate::net::stream::Stream;
 use crate::proto::sasl;
+use crate::proto::smtp::lines::Lines;
 use crate::secret::{Credentials, Secret};
 
 /// Who the client is, for the backend's logs, policies and trace header.

@@ -6,7 +6,6 @@
 
 mod backend;
 pub mod boundary;
-pub mod lines;
 mod preauth;
 
 use std::time::Duration;

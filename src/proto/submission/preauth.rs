@@ -16,10 +16,10 @@ use tokio::time::Instant;
 use tokio_rustls::rustls::ServerConfig;
 use tokio_rustls::TlsAcceptor;
 
-use super::lines::Lines;
 use crate::config::TlsMode;
 use crate::net::stream::Stream;
 use crate::proto::sasl;
+use crate::proto::smtp::lines::Lines;
 use crate::secret::{Credentials, Secret};
 
 /// Why the pre-auth phase ended without a login.

@@ -1,0 +1,202 @@
+//! Hands one message to a backend's inbound endpoint: SMTP (RFC 5321) or
+//! LMTP (RFC 2033). Greeting, EHLO/LHLO, MAIL, one RCPT per recipient,
+//! DATA with the message dot-stuffed, then the verdict: one reply for
+//! SMTP, one per accepted recipient for LMTP. The message bytes are sent
+//! as given: the caller has already prepended its `Received:` header.
+//! The endpoint is plain TCP: inbound delivery carries no credentials.
+
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::time::Instant;
+
+use super::lines::Lines;
+use super::reply::Reply;
+use crate::error::BackendError;
+use crate::net::backend::{Backend, Endpoint};
+use crate::net::stream::Stream;
+
+/// One message to deliver.
+pub struct Message<'a> {
+    /// The reverse path without angle brackets (empty for `<>`).
+    pub mail_from: &'a str,
+    pub recipients: &'a [String],
+    /// The message, unstuffed, ending with CRLF.
+    pub data: &'a [u8],
+}
+
+/// Time limits of one delivery.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub connect: Duration,
+    /// Each reply, and the whole DATA transfer.
+    pub reply: Duration,
+}
+
+const MAX_LINE: usize = 4096;
+/// How ponte names itself in EHLO/LHLO.
+const HELO_NAME: &str = "ponte";
+
+struct Conn<'a> {
+    backend: &'a Backend,
+    stream: Stream,
+    lines: Lines,
+    limit: Duration,
+}
+
+/// Delivers `msg`; the reply for each recipient, in order: its RCPT
+/// refusal, or the (LMTP: its own) final reply after DATA. An `Err` means
+/// nothing is known to be delivered: retry later.
+pub async fn deliver(
+    backend: &Backend,
+    msg: &Message<'_>,
+    t: Timeouts,
+) -> Result<Vec<Reply>, BackendError> {
+    let ep = inbound(backend)?;
+    let stream = backend.connect(ep, t.connect).await?;
+    let mut c = Conn {
+        backend,
+        stream,
+        lines: Lines::new(MAX_LINE),
+        limit: t.reply,
+    };
+    c.expect(220, "greeting").await?;
+    let hello = if ep.lmtp { "LHLO" } else { "EHLO" };
+    c.command(&format!("{hello} {HELO_NAME}\r\n"), 250, hello)
+        .await?;
+    // Declared from the bytes themselves: the spool keeps no MAIL parameters.
+    let eight_bit = msg.data.iter().any(|&b| b >= 0x80);
+    let body = if eight_bit { " BODY=8BITMIME" } else { "" };
+    let mail = format!("MAIL FROM:<{}>{body}\r\n", msg.mail_from);
+    let reply = c.exchange(&mail).await?;
+    if !reply.is_success() {
+        return Ok(vec![reply; msg.recipients.len()]);
+    }
+    let mut replies = Vec::with_capacity(msg.recipients.len());
+    for r in msg.recipients {
+        replies.push(c.exchange(&format!("RCPT TO:<{r}>\r\n")).await?);
+    }
+    let accepted: Vec<usize> = (0..replies.len())
+        .filter(|&i| replies[i].is_success())
+        .collect();
+    if accepted.is_empty() {
+        c.quit().await;
+        return Ok(replies);
+    }
+    let reply = c.exchange("DATA\r\n").await?;
+    if reply.code != 354 {
+        for &i in &accepted {
+            replies[i] = reply.clone();
+        }
+        return Ok(replies);
+    }
+    c.send_data(msg.data).await?;
+    // LMTP: one reply per accepted recipient, in RCPT order (RFC 2033 §4.2).
+    let finals = if ep.lmtp { accepted.len() } else { 1 };
+    let mut last = None;
+    for (n, &i) in accepted.iter().enumerate() {
+        if n < finals {
+            last = Some(c.read_reply().await?);
+        }
+        if let Some(r) = &last {
+            replies[i] = r.clone();
+        }
+    }
+    c.quit().await;
+    Ok(replies)
+}
+
+fn inbound(backend: &Backend) -> Result<&Endpoint, BackendError> {
+    backend.endpoint(crate::config::Protocol::Smtp)
+}
+
+impl Conn<'_> {
+    async fn read_reply(&mut self) -> Result<Reply, BackendError> {
+        let deadline = Instant::now() + self.limit;
+        let mut partial = Vec::new();
+        loop {
+            match Reply::take(&mut self.lines, &mut partial) {
+                Ok(Some(r)) => return Ok(r),
+                Ok(None) => {}
+                Err(e) => return Err(self.backend.protocol_error(e.to_string())),
+            }
+            let fill = self.lines.fill(&mut self.stream);
+            match tokio::time::timeout_at(deadline, fill).await {
+                Ok(Ok(0)) => return Err(self.backend.protocol_error("connection closed")),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(self.backend.io_error(e)),
+                Err(_) => return Err(self.backend.timeout("reply")),
+            }
+        }
+    }
+
+    async fn send(&mut self, bytes: &[u8]) -> Result<(), BackendError> {
+        let write = async {
+            self.stream.write_all(bytes).await?;
+            self.stream.flush().await
+        };
+        match tokio::time::timeout(self.limit, write).await {
+            Ok(r) => r.map_err(|e| self.backend.io_error(e)),
+            Err(_) => Err(self.backend.timeout("write")),
+        }
+    }
+
+    async fn exchange(&mut self, line: &str) -> Result<Reply, BackendError> {
+        self.send(line.as_bytes()).await?;
+        self.read_reply().await
+    }
+
+    async fn expect(&mut self, code: u16, step: &str) -> Result<(), BackendError> {
+        let reply = self.read_reply().await?;
+        if reply.code != code {
+            let reason = format!("{step}: {}", reply.text());
+            return Err(self.backend.protocol_error(reason));
+        }
+        Ok(())
+    }
+
+    async fn command(&mut self, line: &str, code: u16, step: &str) -> Result<(), BackendError> {
+        self.send(line.as_bytes()).await?;
+        self.expect(code, step).await
+    }
+
+    async fn send_data(&mut self, data: &[u8]) -> Result<(), BackendError> {
+        self.send(&dot_stuff(data)).await
+    }
+
+    async fn quit(&mut self) {
+        let _ = self.send(b"QUIT\r\n").await;
+    }
+}
+
+/// The DATA stream for `data` (RFC 5321 §4.5.2): a `.` doubled at the
+/// start of every line, CRLF added if the message lacks a final one, then
+/// the terminating `.` line.
+pub fn dot_stuff(data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len() + data.len() / 64 + 5);
+    let mut at_line_start = true;
+    for &b in data {
+        if at_line_start && b == b'.' {
+            out.push(b'.');
+        }
+        out.push(b);
+        at_line_start = b == b'\n';
+    }
+    if !out.ends_with(b"\r\n") {
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b".\r\n");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dot_stuffing_doubles_leading_dots_and_terminates() {
+        assert_eq!(dot_stuff(b"a\r\n.b\r\n..\r\n"), b"a\r\n..b\r\n...\r\n.\r\n");
+        assert_eq!(dot_stuff(b".x"), b"..x\r\n.\r\n");
+        assert_eq!(dot_stuff(b""), b"\r\n.\r\n");
+    }
+}

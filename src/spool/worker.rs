@@ -1,0 +1,382 @@
+//! The delivery worker: takes spooled mail to the backends once its
+//! recipients' mailboxes are live (legacy or migrated).
+//!
+//! One pass walks the spool in arrival order. A recipient whose mailbox
+//! still waits (blackout, a held message, a temporary failure in backoff,
+//! a store error) blocks newer mail to the same mailbox for the rest of
+//! the pass, so that spooled mail arrives in order; the inbound session
+//! spools new mail for a mailbox with anything pending, for the same
+//! reason. Recipients are delivered per backend, one transaction each,
+//! and marked delivered or failed (temporary: retried with backoff;
+//! permanent: kept as failed, the DSN to the sender is still to come). A
+//! message whose recipients are all delivered is removed. Duplicates are
+//! suppressed with the spool's seen log (Message-ID, recipient), which
+//! `set_status` fills: a crash between delivery and the status write
+//! delivers twice only for messages without a Message-ID.
+//!
+//! Woken by the inbound session (a message was spooled), by the control
+//! plane (a state flip), at start (recovery) and at least every
+//! [`POLL`].
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::{Entry, Envelope, Recipient, Spool, SpoolError, SpoolId, Status};
+use crate::config::View;
+use crate::proto::smtp::client::{self, Message, Timeouts};
+use crate::proto::smtp::reply::Reply;
+use crate::route::{now_unix, RouteError, Target};
+use crate::server::Ctx;
+
+/// The longest the worker sleeps without being woken.
+pub const POLL: Duration = Duration::from_secs(30);
+/// First retry after a temporary failure; doubles up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: i64 = 30;
+const MAX_BACKOFF: i64 = 3600;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+    #[error("spool task: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+/// Runs passes until `stop`; a pass in progress ends after its message.
+pub async fn run(
+    current: Arc<ArcSwap<Ctx>>,
+    spool: Arc<Spool>,
+    wake: Arc<Notify>,
+    stop: CancellationToken,
+) {
+    info!("delivery worker started");
+    loop {
+        let mut pass = Pass {
+            ctx: current.load_full(),
+            spool: spool.clone(),
+            waiting: HashSet::new(),
+            next_retry: None,
+            written: Vec::new(),
+        };
+        if let Err(e) = pass.run(&stop).await {
+            warn!(error = %e, "delivery pass failed");
+        }
+        let now = now_unix();
+        let sleep = pass
+            .next_retry
+            .map_or(POLL, |t| {
+                Duration::from_secs(t.saturating_sub(now).max(1) as u64)
+            })
+            .min(POLL);
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => break,
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep(sleep) => {}
+        }
+    }
+    info!("delivery worker stopped");
+}
+
+/// One walk over the spool.
+struct Pass {
+    ctx: Arc<Ctx>,
+    spool: Arc<Spool>,
+    /// Mailboxes (lower case) with older mail still undelivered.
+    waiting: HashSet<String>,
+    /// Earliest retry of a temporary failure (Unix seconds).
+    next_retry: Option<i64>,
+    /// Statuses written for the message in hand.
+    written: Vec<(String, Status)>,
+}
+
+/// What to do now with one message's recipients.
+#[derive(Debug, Default)]
+struct Plan {
+    /// Deliver now, by backend name.
+    deliver: BTreeMap<String, Vec<String>>,
+    /// Not served any more (excluded, domain gone): failed for good.
+    refused: Vec<String>,
+}
+
+impl Pass {
+    async fn run(&mut self, stop: &CancellationToken) -> Result<(), WorkerError> {
+        let entries = self.blocking(|s| s.list()).await?;
+        for entry in entries {
+            if stop.is_cancelled() {
+                break;
+            }
+            if let Err(e) = self.handle(&entry).await {
+                warn!(id = %entry.id, error = %e, "spooled message not handled");
+                for r in &entry.envelope.recipients {
+                    self.waiting.insert(r.address.to_ascii_lowercase());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Spool) -> T + Send + 'static,
+    ) -> Result<T, WorkerError> {
+        let spool = self.spool.clone();
+        Ok(tokio::task::spawn_blocking(move || f(&spool)).await?)
+    }
+
+    async fn handle(&mut self, entry: &Entry) -> Result<(), WorkerError> {
+        self.written.clear();
+        let plan = self.plan(&entry.envelope);
+        for address in plan.refused {
+            let status = Status::Failed {
+                reason: "550 5.1.1 Mailbox not served any more".into(),
+                permanent: true,
+            };
+            warn!(id = %entry.id, rcpt = %address, "spooled recipient failed for good; DSN not sent yet");
+            self.set(entry.id, address, status).await?;
+        }
+        if !plan.deliver.is_empty() {
+            let id = entry.id;
+            let (env, data) = self.blocking(move |s| s.load(id)).await??;
+            for (backend, rcpts) in plan.deliver {
+                self.deliver(id, &env, &data, &backend, rcpts).await?;
+            }
+        }
+        self.remove_if_delivered(entry).await
+    }
+
+    /// Sorts the recipients not done yet: deliverable now, refused, or
+    /// waiting (which blocks newer mail to the same mailbox).
+    fn plan(&mut self, env: &Envelope) -> Plan {
+        let mut plan = Plan::default();
+        let now = now_unix();
+        for r in env.recipients.iter().filter(|r| !r.status.is_done()) {
+            let key = r.address.to_ascii_lowercase();
+            if env.held || self.waiting.contains(&key) {
+                self.waiting.insert(key);
+                continue;
+            }
+            if let Some(due) = retry_at(r).filter(|&t| t > now) {
+                self.next_retry = Some(self.next_retry.map_or(due, |n| n.min(due)));
+                self.waiting.insert(key);
+                continue;
+            }
+            match self.ctx.router.resolve_for(&r.address, None, View::Live) {
+                Ok(route) => match route.target {
+                    Target::Live { backend } => plan
+                        .deliver
+                        .entry(backend)
+                        .or_default()
+                        .push(r.address.clone()),
+                    Target::ReadOnly { .. } => {
+                        self.waiting.insert(key);
+                    }
+                    Target::Refused { .. } => plan.refused.push(r.address.clone()),
+                },
+                Err(RouteError::UnknownDomain) => plan.refused.push(r.address.clone()),
+                Err(RouteError::Store(e)) => {
+                    warn!(error = %e, "recipient lookup failed");
+                    self.waiting.insert(key);
+                }
+            }
+        }
+        plan
+    }
+
+    /// One transaction to `backend` for `rcpts`, minus those the seen log
+    /// says already have this message.
+    async fn deliver(
+        &mut self,
+        id: SpoolId,
+        env: &Envelope,
+        data: &[u8],
+        backend: &str,
+        rcpts: Vec<String>,
+    ) -> Result<(), WorkerError> {
+        let mut todo = Vec::new();
+        for rcpt in rcpts {
+            if let Some(mid) = env.message_id.clone() {
+                let (m, r) = (mid, rcpt.clone());
+                if self.blocking(move |s| s.seen(&m, &r)).await? {
+                    info!(%id, %rcpt, "already delivered: duplicate suppressed");
+                    self.set(id, rcpt, Status::Delivered).await?;
+                    continue;
+                }
+            }
+            todo.push(rcpt);
+        }
+        if todo.is_empty() {
+            return Ok(());
+        }
+        let outcome = self.send(env, data, backend, &todo).await;
+        for (rcpt, status) in todo.into_iter().zip(outcome) {
+            self.record(id, rcpt, status).await?;
+        }
+        Ok(())
+    }
+
+    /// The status each recipient ends up with.
+    async fn send(
+        &self,
+        env: &Envelope,
+        data: &[u8],
+        backend: &str,
+        rcpts: &[String],
+    ) -> Vec<Status> {
+        let limits = &self.ctx.config.limits;
+        let t = Timeouts {
+            connect: limits.connect_timeout,
+            reply: limits.login_timeout,
+        };
+        let msg = Message {
+            mail_from: &env.mail_from,
+            recipients: rcpts,
+            data,
+        };
+        let result = match self.ctx.backends.get(backend) {
+            Some(b) => client::deliver(b, &msg, t).await.map_err(|e| e.to_string()),
+            None => Err(format!("unknown backend {backend}")),
+        };
+        match result {
+            Ok(replies) => replies.iter().map(status_of).collect(),
+            Err(reason) => {
+                warn!(%backend, %reason, "delivery failed; will retry");
+                let failed = Status::Failed {
+                    reason,
+                    permanent: false,
+                };
+                vec![failed; rcpts.len()]
+            }
+        }
+    }
+
+    /// Writes a delivery's status; a temporary failure blocks the mailbox.
+    async fn record(
+        &mut self,
+        id: SpoolId,
+        rcpt: String,
+        status: Status,
+    ) -> Result<(), WorkerError> {
+        let outcome = match &status {
+            Status::Delivered => "delivered",
+            Status::Failed {
+                permanent: true, ..
+            } => "failed",
+            _ => "deferred",
+        };
+        info!(%id, %rcpt, outcome, "spooled delivery");
+        metrics::counter!("ponte_inbound_deliveries_total", "outcome" => outcome).increment(1);
+        if outcome == "deferred" {
+            self.waiting.insert(rcpt.to_ascii_lowercase());
+            let due = now_unix() + FIRST_BACKOFF;
+            self.next_retry = Some(self.next_retry.map_or(due, |n| n.min(due)));
+        }
+        self.set(id, rcpt, status).await
+    }
+
+    async fn set(&mut self, id: SpoolId, rcpt: String, status: Status) -> Result<(), WorkerError> {
+        let (r, st) = (rcpt.clone(), status.clone());
+        self.blocking(move |s| s.set_status(id, &r, st)).await??;
+        self.written.push((rcpt, status));
+        Ok(())
+    }
+
+    /// Removes the message once every recipient has it. Messages with a
+    /// permanent failure stay, for the DSN and the admin.
+    async fn remove_if_delivered(&self, entry: &Entry) -> Result<(), WorkerError> {
+        let mut env = entry.envelope.clone();
+        for (rcpt, status) in &self.written {
+            if let Some(r) = env.recipient_mut(rcpt) {
+                r.status = status.clone();
+            }
+        }
+        if !env.recipients.iter().all(|r| r.status == Status::Delivered) {
+            return Ok(());
+        }
+        let id = entry.id;
+        self.blocking(move |s| s.remove(id)).await??;
+        info!(%id, "spooled message delivered to every recipient; removed");
+        Ok(())
+    }
+}
+
+/// A backend reply as a recipient's status.
+fn status_of(reply: &Reply) -> Status {
+    if reply.is_success() {
+        Status::Delivered
+    } else {
+        Status::Failed {
+            reason: reply.text(),
+            permanent: reply.is_permanent(),
+        }
+    }
+}
+
+/// When a temporarily failed recipient may be tried again (Unix seconds):
+/// 30 s after the first failure, doubling, at most an hour.
+fn retry_at(r: &Recipient) -> Option<i64> {
+    match (&r.status, r.last_attempt) {
+        (
+            Status::Failed {
+                permanent: false, ..
+            },
+            Some(last),
+        ) => {
+            let doublings = r.attempts.saturating_sub(1).min(16);
+            let delay = (FIRST_BACKOFF << doublings).min(MAX_BACKOFF);
+            Some(last + delay)
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failed(attempts: u32, last: i64) -> Recipient {
+        Recipient {
+            address: "a@x.example".into(),
+            status: Status::Failed {
+                reason: "451".into(),
+                permanent: false,
+            },
+            attempts,
+            last_attempt: Some(last),
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_an_hour() {
+        assert_eq!(retry_at(&failed(1, 1000)), Some(1030));
+        assert_eq!(retry_at(&failed(2, 1000)), Some(1060));
+        assert_eq!(retry_at(&failed(3, 1000)), Some(1120));
+        assert_eq!(retry_at(&failed(40, 1000)), Some(4600));
+        let mut pending = failed(0, 0);
+        pending.status = Status::Pending;
+        assert_eq!(retry_at(&pending), None);
+    }
+
+    #[test]
+    fn replies_become_statuses() {
+        let reply = |code, raw: &str| Reply {
+            code,
+            raw: raw.as_bytes().to_vec(),
+        };
+        assert_eq!(status_of(&reply(250, "250 ok\r\n")), Status::Delivered);
+        assert!(matches!(
+            status_of(&reply(452, "452 full\r\n")),
+            Status::Failed {
+                permanent: false,
+                ..
+            }
+        ));
+        assert!(status_of(&reply(550, "550 no\r\n")).is_done());
+    }
+}
