@@ -140,7 +140,8 @@ impl Registry {
         }
     }
 
-    fn kick_where(&self, pred: impl Fn(&Entry) -> bool, reason: &str) -> usize {
+    /// Closes every session matching `pred`; returns how many.
+    pub fn kick_where(&self, pred: impl Fn(&Entry) -> bool, reason: &str) -> usize {
         let mut n = 0;
         for e in self.sessions.iter() {
             if pred(e.value()) {

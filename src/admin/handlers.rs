@@ -108,11 +108,9 @@ pub struct DomainQuery {
 
 pub async fn list_mailboxes(State(s): St, Query(q): Query<DomainQuery>) -> Api {
     let domain = q.domain.map(|d| d.to_ascii_lowercase());
-    let rows = s
-        .control
-        .ctx()
-        .router
-        .store()
+    let ctx = s.control.ctx();
+    let store = ctx.router.store();
+    let rows = store
         .mailboxes(domain.as_deref())
         .map_err(crate::control::ControlError::from)?;
     let list: Vec<Value> = rows
@@ -120,7 +118,7 @@ pub async fn list_mailboxes(State(s): St, Query(q): Query<DomainQuery>) -> Api {
         .map(|(address, m)| {
             json!({
                 "address": address, "state": m.state, "backend": m.backend, "set_by": m.set_by,
-                "updated": rfc3339(m.updated), "tempmail_until": m.tempmail_until.map_or(Value::Null, rfc3339),
+                "updated": rfc3339(m.updated), "tempmail_until": store.tempmail_until(&address).ok().flatten().map_or(Value::Null, rfc3339),
             })
         })
         .collect();
@@ -149,8 +147,17 @@ pub async fn show_mailbox(State(s): St, Path(address): Path<String>) -> Api {
         "source": if own.is_some() { "mailbox" } else { "domain" },
         "route": route.target.label(),
         "backend": backend,
-        "tempmail_until": route.tempmail_until.map_or(Value::Null, rfc3339),
+        "tempmail_until": tempmail_until(&ctx, &a).map_or(Value::Null, rfc3339),
     })))
+}
+
+/// The mailbox's tempmail deadline in force: its own, else its domain's.
+fn tempmail_until(ctx: &crate::server::Ctx, address: &str) -> Option<i64> {
+    let view = crate::config::View::Tempmail;
+    ctx.router
+        .resolve_for(address, None, view)
+        .ok()?
+        .tempmail_until
 }
 
 #[derive(Deserialize)]

@@ -166,20 +166,24 @@ impl Control {
         who: &str,
     ) -> Result<(), ControlError> {
         let a = self.managed_address(address)?;
-        let ctx = self.ctx();
-        let state = ctx
-            .router
-            .resolve(&a, None)
-            .map_err(|e| ControlError::Invalid(e.to_string()))?
-            .state;
         let change = Change::MailboxTempmail {
             address: a.clone(),
             until,
-            state,
         };
-        ctx.router.store().apply(&change, who)?;
-        // A deadline already past closes the open tempmail sessions.
-        self.reroute(|e| e.address == a);
+        self.ctx().router.store().apply(&change, who)?;
+        // Open tempmail sessions took their deadline at login: they are
+        // closed and take the new one when the client reconnects.
+        let reason = match until {
+            Some(u) if u <= crate::route::now_unix() => {
+                "The read-only view of your old mailbox has closed."
+            }
+            _ => "The closing date of this read-only view has changed; please reconnect.",
+        };
+        let ctx = self.ctx();
+        ctx.registry.kick_where(
+            |e| e.address == a && e.view == crate::config::View::Tempmail,
+            reason,
+        );
         Ok(())
     }
 

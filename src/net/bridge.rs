@@ -74,6 +74,16 @@ impl Stops<'_> {
             None => std::future::pending().await,
         }
     }
+
+    /// Resolves when the session is told to stop from outside (kick,
+    /// shutdown, deadline), with the reason.
+    pub async fn stopped(&self) -> End {
+        tokio::select! {
+            _ = self.kick.cancelled() => End::Kicked,
+            _ = self.shutdown.cancelled() => End::Shutdown,
+            _ = self.expired() => End::Expired,
+        }
+    }
 }
 
 /// Copies both ways until the end; see [`End`]. On a stop from outside,

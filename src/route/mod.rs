@@ -124,12 +124,15 @@ impl Router {
         let (_, domain) = address.rsplit_once('@').ok_or(RouteError::UnknownDomain)?;
         let cfg = self.domains.get(domain).ok_or(RouteError::UnknownDomain)?;
         let domain_until = cfg.tempmail_until.map(|t| t.unix_timestamp());
-        let (state, backend, tempmail_until) = match self.store.mailbox(&address)? {
-            Some(m) => (m.state, m.backend, m.tempmail_until.or(domain_until)),
+        let tempmail_until = match view {
+            View::Tempmail => self.store.tempmail_until(&address)?.or(domain_until),
+            View::Live => None,
+        };
+        let (state, backend) = match self.store.mailbox(&address)? {
+            Some(m) => (m.state, m.backend),
             None => (
                 self.store.domain(domain)?.map_or(cfg.state, |d| d.state),
                 None,
-                domain_until,
             ),
         };
         let target = match view {

@@ -34,10 +34,6 @@ pub struct MailboxRecord {
     /// A backend other than the domain's for this mailbox's state.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backend: Option<String>,
-    /// This mailbox's own end of the read-only tempmail view (Unix
-    /// seconds), instead of its domain's.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tempmail_until: Option<i64>,
     pub set_by: String,
     pub updated: i64,
 }
@@ -94,12 +90,11 @@ pub enum Change {
     RemoveMailbox {
         address: String,
     },
-    /// Sets (or clears) a mailbox's own tempmail deadline; a mailbox
-    /// without a record gets one in `state` (its state in force).
+    /// Sets (or clears) a mailbox's own tempmail deadline. Kept apart
+    /// from its state: a deadline never pins a mailbox's state.
     MailboxTempmail {
         address: String,
         until: Option<i64>,
-        state: MailboxState,
     },
     AddSchedule {
         subject: Subject,
@@ -127,6 +122,8 @@ pub trait StateStore: Send + Sync {
     /// Mailbox overrides, of one domain or all, in address order.
     fn mailboxes(&self, domain: Option<&str>) -> Result<Vec<(String, MailboxRecord)>, StoreError>;
     fn mailbox_count(&self) -> Result<u64, StoreError>;
+    /// A mailbox's own tempmail deadline (Unix seconds), if it has one.
+    fn tempmail_until(&self, address: &str) -> Result<Option<i64>, StoreError>;
     fn schedules(&self) -> Result<Vec<Schedule>, StoreError>;
     /// The newest `limit` audit entries, oldest first.
     fn audit(&self, limit: usize) -> Result<Vec<AuditEntry>, StoreError>;
@@ -138,6 +135,7 @@ const DOMAINS: TableDefinition<&str, &[u8]> = TableDefinition::new("domains");
 const MAILBOXES: TableDefinition<&str, &[u8]> = TableDefinition::new("mailboxes");
 const SCHEDULES: TableDefinition<u64, &[u8]> = TableDefinition::new("schedules");
 const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
+const TEMPMAIL: TableDefinition<&str, i64> = TableDefinition::new("tempmail");
 
 /// The embedded store: a redb file `state.redb` in the configured directory.
 pub struct RedbStore {
@@ -165,6 +163,7 @@ impl RedbStore {
         txn.open_table(MAILBOXES).map_err(StoreError::new)?;
         txn.open_table(SCHEDULES).map_err(StoreError::new)?;
         txn.open_table(AUDIT).map_err(StoreError::new)?;
+        txn.open_table(TEMPMAIL).map_err(StoreError::new)?;
         txn.commit().map_err(StoreError::new)?;
         Ok(Arc::new(RedbStore { db }))
     }
@@ -283,7 +282,6 @@ impl Writer<'_> {
                 let rec = MailboxRecord {
                     state: *state,
                     backend: backend.clone(),
-                    tempmail_until: old.as_ref().and_then(|o| o.tempmail_until),
                     set_by: self.who.to_string(),
                     updated: self.now,
                 };
@@ -298,36 +296,20 @@ impl Writer<'_> {
         Ok(())
     }
 
-    fn mailbox_tempmail(
-        &mut self,
-        address: &str,
-        until: Option<i64>,
-        state: MailboxState,
-    ) -> Result<(), StoreError> {
-        let mut t = self.txn.open_table(MAILBOXES).map_err(StoreError::new)?;
-        let old: Option<MailboxRecord> = t
-            .get(address)
-            .map_err(StoreError::new)?
-            .map(|v| from_json(v.value()))
-            .transpose()?;
-        let old_until = old.as_ref().and_then(|o| o.tempmail_until);
-        if old.is_some() && old_until == until {
+    fn mailbox_tempmail(&mut self, address: &str, until: Option<i64>) -> Result<(), StoreError> {
+        let mut t = self.txn.open_table(TEMPMAIL).map_err(StoreError::new)?;
+        let old = match until {
+            Some(u) => t.insert(address, u),
+            None => t.remove(address),
+        }
+        .map_err(StoreError::new)?
+        .map(|v| v.value());
+        drop(t);
+        if old == until {
             return Ok(());
         }
-        let mut rec = old.unwrap_or(MailboxRecord {
-            state,
-            backend: None,
-            tempmail_until: None,
-            set_by: self.who.to_string(),
-            updated: self.now,
-        });
-        rec.tempmail_until = until;
-        rec.updated = self.now;
-        t.insert(address, json(&rec)?.as_slice())
-            .map_err(StoreError::new)?;
-        drop(t);
         let show = |u: Option<i64>| u.map(|u| format!("tempmail until {}", rfc3339(u)));
-        self.audit(format!("mailbox {address}"), show(old_until), show(until))
+        self.audit(format!("mailbox {address}"), show(old), show(until))
     }
 
     fn remove_mailbox(&mut self, address: &str) -> Result<(), StoreError> {
@@ -452,6 +434,12 @@ impl StateStore for RedbStore {
         t.len().map_err(StoreError::new)
     }
 
+    fn tempmail_until(&self, address: &str) -> Result<Option<i64>, StoreError> {
+        let txn = self.db.begin_read().map_err(StoreError::new)?;
+        let t = txn.open_table(TEMPMAIL).map_err(StoreError::new)?;
+        Ok(t.get(address).map_err(StoreError::new)?.map(|v| v.value()))
+    }
+
     fn schedules(&self) -> Result<Vec<Schedule>, StoreError> {
         let txn = self.db.begin_read().map_err(StoreError::new)?;
         let t = txn.open_table(SCHEDULES).map_err(StoreError::new)?;
@@ -485,11 +473,7 @@ impl StateStore for RedbStore {
             Change::DomainState { domain, state } => w.domain_state(domain, *state)?,
             Change::Mailboxes(rows) => w.mailboxes(rows)?,
             Change::RemoveMailbox { address } => w.remove_mailbox(address)?,
-            Change::MailboxTempmail {
-                address,
-                until,
-                state,
-            } => w.mailbox_tempmail(address, *until, *state)?,
+            Change::MailboxTempmail { address, until } => w.mailbox_tempmail(address, *until)?,
             Change::AddSchedule { subject, state, at } => w.add_schedule(subject, *state, *at)?,
             Change::RemoveSchedule { id } => w.remove_schedule(*id)?,
         }

@@ -25,6 +25,9 @@ pub const MAX_COMMAND: u32 = 64 * 1024;
 /// How long a stopped session may go on relaying to reach a boundary.
 const DRAIN_LIMIT: Duration = Duration::from_secs(5);
 
+/// Most bytes of our own replies queued for the client.
+const MAX_PENDING: usize = 64 * 1024;
+
 struct View<'a> {
     client: &'a mut Stream,
     backend: &'a mut Stream,
@@ -79,11 +82,22 @@ impl View<'_> {
     async fn serve(&mut self, stops: &Stops<'_>) -> std::io::Result<End> {
         let mut cbuf = vec![0u8; 16 * 1024];
         let mut bbuf = vec![0u8; 64 * 1024];
-        self.judge_buffered().await?;
+        // Every write races the stops: a peer that stops reading must not
+        // keep the session (and the legacy box) open past a kick, a
+        // deadline or the shutdown.
+        tokio::select! {
+            r = self.judge_buffered() => r?,
+            end = stops.stopped() => return Ok(end),
+        }
         loop {
-            self.flush_pending().await?;
             tokio::select! {
-                r = self.client.read(&mut cbuf) => {
+                r = self.flush_pending() => r?,
+                end = stops.stopped() => return Ok(end),
+            }
+            tokio::select! {
+                // Our own replies wait for a response boundary: while too
+                // many are queued, the client is not read (bounded memory).
+                r = self.client.read(&mut cbuf), if self.pending.len() < MAX_PENDING => {
                     let n = r?;
                     if n == 0 {
                         return Ok(End::Closed);
@@ -91,18 +105,22 @@ impl View<'_> {
                     self.up += n as u64;
                     self.last = Instant::now();
                     self.framer.push(&cbuf[..n]);
-                    self.judge_buffered().await?;
+                    tokio::select! {
+                        r = self.judge_buffered() => r?,
+                        end = stops.stopped() => return Ok(end),
+                    }
                 }
                 r = self.backend.read(&mut bbuf) => {
                     let n = r?;
                     if n == 0 {
                         return Ok(End::Closed);
                     }
-                    self.relay(&bbuf[..n]).await?;
+                    tokio::select! {
+                        r = self.relay(&bbuf[..n]) => r?,
+                        end = stops.stopped() => return Ok(end),
+                    }
                 }
-                _ = stops.kick.cancelled() => return Ok(End::Kicked),
-                                _ = stops.shutdown.cancelled() => return Ok(End::Shutdown),
-                _ = stops.expired() => return Ok(End::Expired),
+                end = stops.stopped() => return Ok(end),
                 _ = tokio::time::sleep_until(self.last + stops.idle) => {
                     if self.last.elapsed() >= stops.idle {
                         return Ok(End::Idle);
@@ -172,6 +190,13 @@ impl View<'_> {
     /// After a stop: relays the backend's response in flight to its end
     /// (bounded), so that a goodbye can follow. True if it got there.
     async fn drain(&mut self) -> bool {
+        // Bounded as a whole: writes to a client that does not read included.
+        tokio::time::timeout(DRAIN_LIMIT, self.drain_to_boundary())
+            .await
+            .unwrap_or(false)
+    }
+
+    async fn drain_to_boundary(&mut self) -> bool {
         let deadline = Instant::now() + DRAIN_LIMIT;
         let mut buf = vec![0u8; 64 * 1024];
         while !self.boundary.at_boundary() {
