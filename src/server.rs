@@ -71,9 +71,12 @@ impl Ctx {
         hard_stop: CancellationToken,
         inbound: Inbound,
     ) -> Result<Ctx, ServerError> {
-        let router = Router::new(store, config.domain.clone())?;
+        // Everything that can fail is loaded before the router brings the
+        // store's domain states in line with the file: a refused reload
+        // must leave the states as they were.
         let backends = backend::build(&config.backend)?;
         let tls = crate::net::tls::server_config(&config.tls.certificate)?;
+        let router = Router::new(store, config.domain.clone())?;
         let listeners = config
             .listener
             .iter()
@@ -238,6 +241,7 @@ impl Server {
         let limits = current.load().config.limits.clone();
         let mut running = Running {
             current: current.clone(),
+            control: control.clone(),
             loops: BTreeMap::new(),
             accept_loops: TaskTracker::new(),
             sessions: TaskTracker::new(),
@@ -323,6 +327,7 @@ async fn serve_admin(
 /// The listeners' accept loops and the sessions they started.
 struct Running {
     current: Arc<ArcSwap<Ctx>>,
+    control: Arc<Control>,
     /// Accept loop by listener name: its address and its stop token.
     loops: BTreeMap<String, (SocketAddr, CancellationToken)>,
     accept_loops: TaskTracker,
@@ -364,17 +369,24 @@ impl Running {
             warn!("admin.bind changes take effect at the next restart");
         }
         check_inbound(&config, &old)?;
-        let store = old.router.store().clone();
-        let ctx = Ctx::build(
-            config,
-            store,
-            old.registry.clone(),
-            old.hard_stop.clone(),
-            old.inbound.clone(),
-        )
-        .map_err(|e| e.to_string())?;
+        let limits = (
+            &config.limits.max_connections,
+            &config.limits.max_connections_per_ip,
+        );
+        if limits
+            != (
+                &old.config.limits.max_connections,
+                &old.config.limits.max_connections_per_ip,
+            )
+        {
+            warn!(
+                "limits.max_connections and max_connections_per_ip take effect at the next restart"
+            );
+        }
+        // New or moved listeners are bound before anything changes, so a
+        // port in use refuses the reload as a whole.
         let mut bound = Vec::new();
-        for l in &ctx.config.listener {
+        for l in &config.listener {
             let same = self
                 .loops
                 .get(&l.name)
@@ -386,6 +398,15 @@ impl Running {
                 ));
             }
         }
+        let store = old.router.store().clone();
+        let ctx = Ctx::build(
+            config,
+            store,
+            old.registry.clone(),
+            old.hard_stop.clone(),
+            old.inbound.clone(),
+        )
+        .map_err(|e| e.to_string())?;
         let keep: Vec<String> = ctx.listeners.keys().cloned().collect();
         self.current.store(Arc::new(ctx));
         for (name, (_, stop)) in &self.loops {
@@ -400,6 +421,9 @@ impl Running {
         for (name, tcp) in bound {
             self.start(name, tcp);
         }
+        // Domain states, backends or deadlines in the file may have moved
+        // open sessions' routes: those sessions are sent to the new one.
+        self.control.reroute_all();
         Ok(())
     }
 

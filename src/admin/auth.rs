@@ -49,6 +49,18 @@ pub fn parse_tokens(text: &str) -> Result<Vec<Token>, String> {
             None if lines.len() == 1 => ("admin", *line),
             None => return Err(format!("entry {}: expected name:token", i + 1)),
         };
+        // The name goes to the audit log and `set_by`: it may not pass for
+        // the configuration file, the seed or the scheduler.
+        let reserved = ["config", "seed"].contains(&name) || name.starts_with("schedule");
+        let plain = name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+        if reserved || !plain {
+            return Err(format!(
+                "entry {}: token name {name:?} is reserved or not [A-Za-z0-9._-]",
+                i + 1
+            ));
+        }
         if name.is_empty() || secret.len() < MIN_TOKEN_LEN {
             return Err(format!(
                 "entry {}: a name and a token of at least {MIN_TOKEN_LEN} characters",
@@ -117,6 +129,8 @@ mod tests {
         assert!(parse_tokens("short").is_err());
         assert!(parse_tokens("a0123456789abcdef0123\nb0123456789abcdef0123").is_err());
         assert!(parse_tokens("# nothing\n").is_err());
+        assert!(parse_tokens("config:0123456789abcdef0123").is_err());
+        assert!(parse_tokens("schedule 1 by ops:0123456789abcdef0123").is_err());
         assert!(same(b"abc", b"abc") && !same(b"abc", b"abd") && !same(b"abc", b"ab"));
     }
 }

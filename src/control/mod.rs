@@ -268,6 +268,11 @@ impl Control {
         }
     }
 
+    /// Re-checks every open session's route (after a reload).
+    pub fn reroute_all(&self) -> usize {
+        self.reroute(|_| true)
+    }
+
     /// Closes the matching sessions whose route is no longer the one they
     /// are on; their clients reconnect and land on the new route.
     fn reroute(&self, matches: impl Fn(&Entry) -> bool) -> usize {
@@ -275,8 +280,17 @@ impl Control {
         self.ctx().inbound.wake_worker();
         let mut kicked = 0;
         for e in self.ctx().registry.list().iter().filter(|e| matches(e)) {
-            let Ok(now) = self.ctx().router.resolve_for(&e.address, None, e.view) else {
-                continue;
+            let now = match self.ctx().router.resolve_for(&e.address, None, e.view) {
+                Ok(now) => now,
+                // The domain is no longer managed (a reload removed it).
+                Err(crate::route::RouteError::UnknownDomain) => {
+                    kicked += self
+                        .ctx()
+                        .registry
+                        .kick_id(e.id, "This mailbox is no longer served here.");
+                    continue;
+                }
+                Err(_) => continue,
             };
             if now.target.label() != e.route {
                 let reason = match &now.target {

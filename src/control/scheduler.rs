@@ -43,7 +43,10 @@ fn apply_due(control: &Control) -> Result<Option<i64>, ControlError> {
     schedules.sort_by_key(|s| (s.at, s.id));
     let now = now_unix();
     for s in schedules.iter().filter(|s| s.at <= now) {
-        apply_one(control, s)?;
+        // One schedule that cannot be applied must not hold back the others.
+        if let Err(e) = apply_one(control, s) {
+            warn!(schedule = s.id, error = %e, "scheduled transition failed; will retry");
+        }
     }
     Ok(schedules.iter().filter(|s| s.at > now).map(|s| s.at).min())
 }
@@ -66,8 +69,10 @@ fn apply_one(control: &Control, s: &Schedule) -> Result<(), ControlError> {
         Ok(flip) => {
             info!(schedule = s.id, subject = %s.subject, state = %s.state, late_secs = now_unix() - s.at, kicked = flip.kicked, "scheduled transition applied")
         }
-        // A domain removed from the configuration since: drop the schedule.
-        Err(ControlError::NotFound(reason)) => {
+        // A domain removed from the configuration since, or a backend the
+        // mailbox named is gone: it can never apply, so it is dropped
+        // (the removal is audited).
+        Err(ControlError::NotFound(reason) | ControlError::Invalid(reason)) => {
             warn!(schedule = s.id, %reason, "scheduled transition dropped")
         }
         Err(e) => return Err(e),

@@ -52,6 +52,11 @@ pub trait Boundary: Send {
     /// Sees every byte going to the client, in order.
     fn observe(&mut self, bytes: &[u8]);
     fn at_boundary(&self) -> bool;
+    /// False for a protocol with no line of its own to send (POP3): a
+    /// stopped bridge then closes at once instead of draining.
+    fn reachable(&self) -> bool {
+        true
+    }
 }
 
 /// How long a stopped bridge may go on relaying to reach a boundary.
@@ -132,7 +137,7 @@ where
         }
     };
     let at_boundary = match end {
-        End::Kicked | End::Shutdown | End::Idle | End::Expired => {
+        End::Kicked | End::Shutdown | End::Idle | End::Expired if boundary.reachable() => {
             let drain = std::future::poll_fn(|cx| {
                 down.poll_drain(cx, &mut *backend, &mut *client, &mut *boundary)
             });

@@ -207,6 +207,10 @@ impl Boundary for NoBoundary {
     fn at_boundary(&self) -> bool {
         false
     }
+
+    fn reachable(&self) -> bool {
+        false
+    }
 }
 
 async fn splice(

@@ -42,6 +42,17 @@ pub fn judge(line: &str) -> Verdict {
     }
 }
 
+/// The command as sent on: keyword and arguments separated by single
+/// spaces, CRLF-terminated. `None` if the line holds control characters
+/// (a bare CR, NUL, …), which a backend might read as a line end.
+fn canonical(line: &str) -> Option<String> {
+    if line.chars().any(|c| c.is_control()) {
+        return None;
+    }
+    let words: Vec<&str> = line.split(' ').filter(|w| !w.is_empty()).collect();
+    Some(format!("{}\r\n", words.join(" ")))
+}
+
 /// Finds the end of a multi-line answer (`CRLF . CRLF`, RFC 1939 §3)
 /// across chunks; dot-stuffed lines (`..`) are not ends.
 #[derive(Debug, Default)]
@@ -75,6 +86,8 @@ struct View<'a> {
     client: &'a mut Stream,
     backend: &'a mut Stream,
     buf: Vec<u8>,
+    /// Dropping the rest of an overlong line, up to its end.
+    discarding: bool,
     up: u64,
     down: u64,
 }
@@ -89,6 +102,7 @@ pub async fn run(
         client,
         backend,
         buf: client_rest,
+        discarding: false,
         up: 0,
         down: 0,
     };
@@ -125,11 +139,16 @@ impl View<'_> {
             };
             match judge(&line) {
                 Verdict::Forward { multiline } => {
-                    self.backend
-                        .write_all(format!("{line}\r\n").as_bytes())
-                        .await?;
+                    let Some(command) = canonical(&line) else {
+                        self.send("-ERR Invalid characters in command.\r\n").await?;
+                        continue;
+                    };
+                    self.backend.write_all(command.as_bytes()).await?;
                     self.backend.flush().await?;
-                    self.relay_answer(multiline).await?;
+                    // A backend that stops answering must not hold the session.
+                    tokio::time::timeout(idle, self.relay_answer(multiline))
+                        .await
+                        .map_err(|_| std::io::Error::other("backend did not answer"))??;
                 }
                 Verdict::Reply(text) => self.send(text).await?,
                 Verdict::Quit(text) => {
@@ -151,14 +170,21 @@ impl View<'_> {
         loop {
             if let Some(i) = self.buf.iter().position(|&b| b == b'\n') {
                 let line: Vec<u8> = self.buf.drain(..=i).collect();
+                if std::mem::take(&mut self.discarding) {
+                    continue;
+                }
                 let text = String::from_utf8_lossy(&line)
                     .trim_end_matches(['\r', '\n'])
                     .to_string();
                 return Ok(Some(text));
             }
             if self.buf.len() > MAX_LINE {
-                self.send("-ERR Line too long.\r\n").await?;
+                // One answer for the whole line; its tail is no command.
+                if !self.discarding {
+                    self.send("-ERR Line too long.\r\n").await?;
+                }
                 self.buf.clear();
+                self.discarding = true;
             }
             let mut chunk = [0u8; 1024];
             let n = self.client.read(&mut chunk).await?;
@@ -228,6 +254,14 @@ mod tests {
         assert!(matches!(judge("DELE 1"), Verdict::Reply(t) if t.starts_with("-ERR")));
         assert!(matches!(judge("XTND XMIT"), Verdict::Reply(_)));
         assert!(matches!(judge("QUIT"), Verdict::Quit(_)));
+    }
+
+    #[test]
+    fn only_clean_lines_are_sent_on() {
+        assert_eq!(canonical("RETR  1").as_deref(), Some("RETR 1\r\n"));
+        assert_eq!(canonical("STAT\rQUIT"), None);
+        assert_eq!(canonical("LIST\t1"), None);
+        assert_eq!(canonical("TOP 1\u{0}0"), None);
     }
 
     #[test]
