@@ -9,10 +9,13 @@
 //! reason. Recipients are delivered per backend, one transaction each,
 //! and marked delivered or failed (temporary: retried with backoff;
 //! permanent: kept as failed, the DSN to the sender is still to come). A
-//! message whose recipients are all delivered is removed. Duplicates are
-//! suppressed with the spool's seen log (Message-ID, recipient), which
-//! `set_status` fills: a crash between delivery and the status write
-//! delivers twice only for messages without a Message-ID.
+//! message whose recipients are all delivered is removed. Delivery is at
+//! least once: redeliveries after a completed one are suppressed with the
+//! spool's seen log (Message-ID, recipient), which `set_status` fills, but
+//! a crash between the backend's 250 and that write delivers the message
+//! again (tests/inbound_crash.rs measures it: a few per 50 kills). Closing
+//! that window needs the backend's help (a Message-ID check before
+//! redelivery, or its own duplicate suppression).
 //!
 //! Woken by the inbound session (a message was spooled), by the control
 //! plane (a state flip), at start (recovery) and at least every
