@@ -324,13 +324,24 @@ fn command_words(line: &[u8]) -> (String, String) {
     if name == "UID" {
         name = words.next().unwrap_or("").to_ascii_uppercase();
     }
-    let tag = if tag
-        .chars()
-        .all(|c| c.is_ascii_graphic() && c != '+' && c != '{')
+    // Only atom characters go back to the client (RFC 9051 `tag`, `atom`):
+    // no control bytes or escapes reflected into a response line.
+    let tag = if !tag.is_empty()
+        && tag
+            .chars()
+            .all(|c| c.is_ascii_graphic() && !"+{()%*\\\"".contains(c))
     {
         tag
     } else {
         "*".into()
+    };
+    let name = if name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+    {
+        name
+    } else {
+        String::new()
     };
     (tag, name)
 }
