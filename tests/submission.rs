@@ -658,7 +658,7 @@ fn blackout_is_a_temporary_451_and_the_retry_after_the_flip_goes_through() {
     let mut first = String::new();
     out.read_line(&mut first).expect("first reply");
     assert!(
-        first.starts_with("451 4.3.2 ") && first.contains("being moved to a new provider"),
+        first.starts_with("451 4.3.2 ") && first.contains("sending is paused"),
         "{first}"
     );
     assert!(w.legacy_sink.settle().is_empty() && w.new_sink.messages().is_empty());

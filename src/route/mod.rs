@@ -162,7 +162,7 @@ fn target_for(state: MailboxState, cfg: &DomainConfig, backend: Option<String>) 
                 MailboxState::Blackout => Target::ReadOnly {
             backend: cfg.legacy.clone(),
             alert: Some(notice(
-                "This mailbox is being moved to a new provider: it is read-only until the move is complete.",
+                "This mailbox is moving to a new provider: until the move is complete it can be read but not changed, and sending is paused.",
             )),
         },
         MailboxState::Excluded => Target::Refused {
