@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
@@ -123,11 +122,16 @@ async fn open(tcp: TcpStream, conn: &ConnInfo, ctx: &Ctx) -> Result<Stream, Stri
         return Ok(Stream::Plain(tcp));
     }
     let config = ctx.tls.clone().ok_or("no TLS certificate configured")?;
-    let accept = TlsAcceptor::from(config).accept(tcp);
-    match tokio::time::timeout_at(conn.accepted + ctx.config.limits.preauth_timeout, accept).await {
-        Ok(Ok(s)) => Ok(Stream::Server(Box::new(s))),
-        Ok(Err(e)) => Err(format!("TLS handshake: {e}")),
-        Err(_) => Err("TLS handshake timed out".into()),
+    match super::tls::accept(
+        config,
+        tcp,
+        conn.accepted + ctx.config.limits.preauth_timeout,
+    )
+    .await
+    {
+        Ok(stream) => Ok(stream),
+        Err(super::tls::Handshake::Failed(e)) => Err(format!("TLS handshake: {e}")),
+        Err(super::tls::Handshake::TimedOut) => Err("TLS handshake timed out".into()),
     }
 }
 

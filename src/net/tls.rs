@@ -111,3 +111,25 @@ pub fn client_config(ca: Option<&Path>) -> Result<Arc<ClientConfig>, String> {
         .with_no_client_auth();
     Ok(Arc::new(cfg))
 }
+
+/// Why a server-side TLS handshake did not complete.
+#[derive(Debug)]
+pub enum Handshake {
+    Failed(std::io::Error),
+    TimedOut,
+}
+
+/// The server side of a TLS handshake on `tcp` (implicit TLS or after a
+/// protocol's STARTTLS), bounded by `deadline`.
+pub async fn accept(
+    config: Arc<ServerConfig>,
+    tcp: tokio::net::TcpStream,
+    deadline: tokio::time::Instant,
+) -> Result<super::stream::Stream, Handshake> {
+    let accept = tokio_rustls::TlsAcceptor::from(config).accept(tcp);
+    match tokio::time::timeout_at(deadline, accept).await {
+        Ok(Ok(tls)) => Ok(super::stream::Stream::Server(Box::new(tls))),
+        Ok(Err(e)) => Err(Handshake::Failed(e)),
+        Err(_) => Err(Handshake::TimedOut),
+    }
+}

@@ -15,7 +15,6 @@ use std::time::Duration;
 
 use smtp_proto::{MailFrom, Request, MAIL_BODY_BINARYMIME, MAIL_SMTPUTF8};
 use tokio::io::AsyncWriteExt;
-use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info};
 
 use self::deliver::Transaction;
@@ -283,14 +282,15 @@ impl Session<'_> {
             .take()
             .and_then(Stream::into_plain)
             .ok_or(SessionError::Closed)?;
-        let accept = TlsAcceptor::from(config).accept(tcp);
-        match tokio::time::timeout(self.timeout(), accept).await {
-            Ok(Ok(tls)) => {
-                self.stream = Some(Stream::Server(Box::new(tls)));
+        match crate::net::tls::accept(config, tcp, tokio::time::Instant::now() + self.timeout())
+            .await
+        {
+            Ok(stream) => {
+                self.stream = Some(stream);
                 Ok(Step::Continue)
             }
-            Ok(Err(e)) => Err(SessionError::Tls(e)),
-            Err(_) => Err(SessionError::Timeout),
+            Err(crate::net::tls::Handshake::Failed(e)) => Err(SessionError::Tls(e)),
+            Err(crate::net::tls::Handshake::TimedOut) => Err(SessionError::Timeout),
         }
     }
 

@@ -13,7 +13,6 @@ use base64::Engine;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 use tokio_rustls::rustls::ServerConfig;
-use tokio_rustls::TlsAcceptor;
 
 use crate::config::TlsMode;
 use crate::net::stream::Stream;
@@ -205,13 +204,13 @@ impl Front {
             .take()
             .and_then(Stream::into_plain)
             .ok_or(FrontError::Closed)?;
-        match tokio::time::timeout_at(self.deadline, TlsAcceptor::from(config).accept(tcp)).await {
-            Ok(Ok(tls)) => {
-                self.stream = Some(Stream::Server(Box::new(tls)));
+        match crate::net::tls::accept(config, tcp, self.deadline).await {
+            Ok(stream) => {
+                self.stream = Some(stream);
                 Ok(Step::Continue)
             }
-            Ok(Err(e)) => Err(FrontError::Tls(e)),
-            Err(_) => Err(FrontError::Timeout),
+            Err(crate::net::tls::Handshake::Failed(e)) => Err(FrontError::Tls(e)),
+            Err(crate::net::tls::Handshake::TimedOut) => Err(FrontError::Timeout),
         }
     }
 

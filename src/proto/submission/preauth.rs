@@ -14,7 +14,6 @@ use smtp_proto::{Error as ParseError, Request, AUTH_LOGIN, AUTH_PLAIN};
 use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 use tokio_rustls::rustls::ServerConfig;
-use tokio_rustls::TlsAcceptor;
 
 use crate::config::TlsMode;
 use crate::net::stream::Stream;
@@ -303,14 +302,13 @@ impl Front {
             .take()
             .and_then(Stream::into_plain)
             .ok_or(FrontError::Closed)?;
-        let accept = TlsAcceptor::from(config).accept(tcp);
-        match tokio::time::timeout_at(self.deadline, accept).await {
-            Ok(Ok(tls)) => {
-                self.stream = Some(Stream::Server(Box::new(tls)));
+        match crate::net::tls::accept(config, tcp, self.deadline).await {
+            Ok(stream) => {
+                self.stream = Some(stream);
                 Ok(Step::Continue)
             }
-            Ok(Err(e)) => Err(FrontError::Tls(e)),
-            Err(_) => Err(FrontError::Timeout),
+            Err(crate::net::tls::Handshake::Failed(e)) => Err(FrontError::Tls(e)),
+            Err(crate::net::tls::Handshake::TimedOut) => Err(FrontError::Timeout),
         }
     }
 
