@@ -30,6 +30,11 @@ pub struct Envelope {
     /// Held by an admin: the delivery worker leaves it alone.
     #[serde(default)]
     pub held: bool,
+    /// The id in the `Received:` header ponte prepended: unique per
+    /// message, so that a backend's mailbox can be searched for it when
+    /// a delivery's outcome is in doubt.
+    #[serde(default)]
+    pub trace_id: Option<String>,
 }
 
 /// One recipient of a spooled message and its delivery state.
@@ -44,6 +49,11 @@ pub struct Recipient {
     /// Unix seconds of the last attempt, for the worker's backoff.
     #[serde(default)]
     pub last_attempt: Option<i64>,
+    /// Set (Unix seconds) just before the message's last byte goes to the
+    /// backend, cleared with the outcome. Found set after a restart, the
+    /// outcome is in doubt: the backend may have the message already.
+    #[serde(default)]
+    pub sending: Option<i64>,
 }
 
 /// Where a recipient's delivery stands.
@@ -93,6 +103,7 @@ impl Envelope {
                     status: Status::Pending,
                     attempts: 0,
                     last_attempt: None,
+                    sending: None,
                 })
                 .collect(),
             arrived: crate::route::now_unix(),
@@ -101,6 +112,7 @@ impl Envelope {
             size: 0,
             message_id: None,
             held: false,
+            trace_id: None,
         }
     }
 

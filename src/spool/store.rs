@@ -306,8 +306,46 @@ impl Spool {
                 lock(&self.seen).record(&mid, &r.address, id, now)?;
             }
             r.status = status;
+            r.sending = None;
             Ok(())
         })
+    }
+
+    /// Marks `rcpts` as being sent now, durably, before the message's last
+    /// byte goes to the backend: after a crash, their outcome is known to
+    /// be in doubt (see [`Recipient::sending`](super::Recipient)).
+    pub fn mark_sending(&self, id: SpoolId, rcpts: &[String]) -> Result<(), SpoolError> {
+        let now = now_unix();
+        self.update(id, |env| {
+            for rcpt in rcpts {
+                let r = env
+                    .recipient_mut(rcpt)
+                    .ok_or_else(|| SpoolError::UnknownRecipient {
+                        id,
+                        rcpt: rcpt.to_string(),
+                    })?;
+                r.sending = Some(now);
+            }
+            Ok(())
+        })
+    }
+
+    /// The admin's retry: every recipient not delivered goes back to
+    /// pending with no backoff (a permanent failure too: the admin fixed
+    /// its cause). Returns how many recipients were reset.
+    pub fn retry(&self, id: SpoolId) -> Result<usize, SpoolError> {
+        let mut reset = 0;
+        self.update(id, |env| {
+            for r in &mut env.recipients {
+                if r.status != Status::Delivered {
+                    reset += usize::from(r.status != Status::Pending || r.last_attempt.is_some());
+                    r.status = Status::Pending;
+                    r.last_attempt = None;
+                }
+            }
+            Ok(())
+        })?;
+        Ok(reset)
     }
 
     /// Holds (`true`) or releases (`false`) a message: the delivery worker

@@ -352,6 +352,7 @@ mod tests {
             },
             attempts,
             last_attempt: Some(last),
+            sending: None,
         }
     }
 
