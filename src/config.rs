@@ -204,6 +204,16 @@ pub struct BackendConfig {
     /// CA bundle that backend certificates are verified against; system roots otherwise.
     #[serde(default)]
     pub ca: Option<PathBuf>,
+    /// A master user of this backend's IMAP service, and a file holding
+    /// its password: ponte logs in as it (acting as a mailbox, RFC 4616
+    /// authorization identity) only to check whether a spooled message
+    /// whose delivery was cut short (ponte killed mid-transaction) did
+    /// reach the mailbox, so that it is not delivered twice. Without
+    /// them such a message is delivered again (at least once).
+    #[serde(default)]
+    pub check_user: Option<String>,
+    #[serde(default)]
+    pub check_password_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -378,6 +388,21 @@ impl Config {
                 if !url.starts_with("smtp://") && !url.starts_with("lmtp://") {
                     return Err(ConfigError::invalid(key, "expected smtp:// or lmtp://"));
                 }
+            }
+            match (&b.check_user, &b.check_password_file) {
+                (Some(_), None) | (None, Some(_)) => {
+                    return Err(ConfigError::invalid(
+                        format!("backend.{name}.check_user"),
+                        "check_user and check_password_file go together",
+                    ))
+                }
+                (Some(_), Some(_)) if b.imap.is_none() => {
+                    return Err(ConfigError::invalid(
+                        format!("backend.{name}.check_user"),
+                        "the delivery check logs in over IMAP: set backend.{name}.imap",
+                    ))
+                }
+                _ => {}
             }
         }
         Ok(())

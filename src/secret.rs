@@ -35,6 +35,10 @@ impl<T> fmt::Display for Secret<T> {
 pub struct Credentials {
     pub user: String,
     pub password: Secret<Vec<u8>>,
+    /// Log in as `user` but act as this mailbox (SASL PLAIN's
+    /// authorization identity, RFC 4616): ponte's own master-user login.
+    /// Always `None` for a client's login.
+    pub authzid: Option<String>,
 }
 
 #[cfg(test)]
@@ -46,6 +50,7 @@ mod tests {
         let c = Credentials {
             user: "alice@pec.example".into(),
             password: Secret::new(b"hunter2".to_vec()),
+            authzid: None,
         };
         let shown = format!("{c:?} {}", c.password);
         assert!(!shown.contains("hunter2"));

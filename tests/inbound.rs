@@ -328,6 +328,68 @@ fn blackout_mail_waits_in_the_spool_across_a_restart_then_reaches_the_new_store_
     wait_stored(&w.new, ALICE.address, "after", Duration::from_secs(5));
 }
 
+/// ponte killed after handing a spooled message over and before writing
+/// down the backend's answer: at the next start the recipient is in
+/// doubt. The worker logs in as the backend's check user acting as the
+/// mailbox and searches for the message's trace id: found, it is not
+/// sent again; not found, it is delivered.
+#[test]
+fn an_in_doubt_delivery_is_looked_up_in_the_mailbox_and_sent_only_if_missing() {
+    let mut w = World::start();
+    set_state(&w, ALICE.address, "blackout");
+    set_state(&w, BOB.address, "blackout");
+    for (tag, to) in [("doubt-a", ALICE.address), ("doubt-b", BOB.address)] {
+        let out = smtplib(&w, tag, &[to], &message(tag, to), false);
+        assert!(out.starts_with("OK []"), "{out}");
+    }
+    assert_eq!(spooled(&w).len(), 2);
+    w.stop();
+
+    // Both cut short mid-delivery; alice's copy had reached the store.
+    let spool = w.dir.path().join("spool");
+    for env_path in spooled(&w) {
+        let mut env: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&env_path).unwrap()).unwrap();
+        env["recipients"][0]["sending"] = json!(1_700_000_000);
+        std::fs::write(&env_path, serde_json::to_vec(&env).unwrap()).unwrap();
+        let to = env["recipients"][0]["address"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(env["trace_id"].as_str().is_some_and(|t| !t.is_empty()));
+        if to == ALICE.address {
+            let id = env_path.file_name().unwrap();
+            let data = std::fs::read(spool.join("msg").join(id)).unwrap();
+            w.new.deliver(ALICE.address, "INBOX", &data);
+        }
+    }
+    assert_eq!(stored(&w.new, ALICE.address, "doubt-a").len(), 1);
+
+    w.restart();
+    set_state(&w, ALICE.address, "migrated");
+    set_state(&w, BOB.address, "migrated");
+    wait_stored(&w.new, BOB.address, "doubt-b", Duration::from_secs(10));
+    let start = Instant::now();
+    while !spooled(&w).is_empty() && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(spooled(&w).is_empty(), "both settled and removed");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        stored(&w.new, ALICE.address, "doubt-a").len(),
+        1,
+        "not sent twice"
+    );
+    assert_eq!(stored(&w.new, BOB.address, "doubt-b").len(), 1, "sent once");
+    let log = w.new.log();
+    for user in [ALICE.address, BOB.address] {
+        assert!(
+            log.contains(&format!("Master user logging in as {user}")),
+            "the check logged in as the master user acting as {user}:\n{log}"
+        );
+    }
+}
+
 #[test]
 fn a_message_for_blackout_and_live_mailboxes_is_spooled_whole_and_the_live_part_delivered_at_once()
 {

@@ -15,6 +15,7 @@ use tokio_rustls::{rustls::ClientConfig, TlsConnector};
 use super::stream::Stream;
 use crate::config::{BackendConfig, Protocol};
 use crate::error::{BackendError, ConfigError};
+use crate::secret::{Credentials, Secret};
 
 /// Where one protocol of a backend listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,6 +84,9 @@ pub struct Backend {
     /// Where inbound mail is delivered (`smtp://` or `lmtp://`, plain:
     /// no credentials cross it).
     pub inbound: Option<Endpoint>,
+    /// The master user for the delivery check (see
+    /// `BackendConfig::check_user`), its password read from its file.
+    pub check: Option<Credentials>,
     tls: Arc<ClientConfig>,
 }
 
@@ -114,11 +118,34 @@ pub fn build(cfg: &BTreeMap<String, BackendConfig>) -> Result<Backends, ConfigEr
                 .map_err(|reason| {
                     ConfigError::invalid(format!("backend.{name}.inbound"), reason)
                 })?,
+            check: check_login(name, b)?,
             tls,
         };
         out.insert(name.clone(), Arc::new(backend));
     }
     Ok(out)
+}
+
+/// The delivery check's master user, its password read from its file (one
+/// line; a trailing newline is not part of it).
+fn check_login(name: &str, b: &BackendConfig) -> Result<Option<Credentials>, ConfigError> {
+    let (Some(user), Some(path)) = (&b.check_user, &b.check_password_file) else {
+        return Ok(None);
+    };
+    let key = || format!("backend.{name}.check_password_file");
+    let mut text = std::fs::read(path)
+        .map_err(|e| ConfigError::invalid(key(), format!("{}: {e}", path.display())))?;
+    while text.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+        text.pop();
+    }
+    if text.is_empty() {
+        return Err(ConfigError::invalid(key(), "the file is empty"));
+    }
+    Ok(Some(Credentials {
+        user: user.clone(),
+        password: Secret::new(text),
+        authzid: None,
+    }))
 }
 
 impl Backend {

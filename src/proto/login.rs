@@ -64,6 +64,7 @@ pub fn backend_credentials(route: &Route, creds: Credentials) -> Credentials {
     Credentials {
         user: route.address.clone(),
         password: creds.password,
+        authzid: None,
     }
 }
 

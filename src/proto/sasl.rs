@@ -45,12 +45,16 @@ pub fn credentials(user: &[u8], pass: &[u8]) -> Result<Credentials, SaslError> {
     Ok(Credentials {
         user: user.to_string(),
         password: Secret::new(pass.to_vec()),
+        authzid: None,
     })
 }
 
 /// The PLAIN response ponte sends a backend.
 pub fn encode_plain(creds: &Credentials) -> Secret<Vec<u8>> {
-    let mut v = Vec::with_capacity(creds.user.len() + creds.password.expose().len() + 2);
+    let authzid = creds.authzid.as_deref().unwrap_or_default();
+    let mut v =
+        Vec::with_capacity(authzid.len() + creds.user.len() + creds.password.expose().len() + 2);
+    v.extend_from_slice(authzid.as_bytes());
     v.push(0);
     v.extend_from_slice(creds.user.as_bytes());
     v.push(0);

@@ -9,13 +9,19 @@
 //! reason. Recipients are delivered per backend, one transaction each,
 //! and marked delivered or failed (temporary: retried with backoff;
 //! permanent: kept as failed, the DSN to the sender is still to come). A
-//! message whose recipients are all delivered is removed. Delivery is at
-//! least once: redeliveries after a completed one are suppressed with the
-//! spool's seen log (Message-ID, recipient), which `set_status` fills, but
-//! a crash between the backend's 250 and that write delivers the message
-//! again (tests/inbound_crash.rs measures it: a few per 50 kills). Closing
-//! that window needs the backend's help (a Message-ID check before
-//! redelivery, or its own duplicate suppression).
+//! message whose recipients are all delivered is removed.
+//!
+//! Exactly once, with the backend's help. Redeliveries of a message
+//! already delivered are suppressed with the spool's seen log (Message-ID,
+//! recipient), which `set_status` fills. That leaves the window between
+//! the backend's `250` and the status write: the recipients are marked
+//! `sending` (durably) before the transaction starts, so after a crash
+//! their outcome is known to be in doubt. If the backend has a check user
+//! (`backend.<name>.check_user`), the worker looks into the mailbox for
+//! the message's trace id before sending again (`proto::imap::lookup`);
+//! if the check cannot run now it waits and tries later rather than
+//! guess. Without a check user an in-doubt message is delivered again:
+//! at least once, never lost.
 //!
 //! Woken by the inbound session (a message was spooled), by the control
 //! plane (a state flip), at start (recovery) and at least every
@@ -32,6 +38,7 @@ use tracing::{info, warn};
 
 use super::{Entry, Envelope, Recipient, Spool, SpoolError, SpoolId, Status};
 use crate::config::View;
+use crate::proto::imap::lookup::{self, Found};
 use crate::proto::smtp::client::{self, Message, Timeouts};
 use crate::proto::smtp::reply::Reply;
 use crate::route::{now_unix, RouteError, Target};
@@ -217,11 +224,76 @@ impl Pass {
         if todo.is_empty() {
             return Ok(());
         }
+        let todo = self.settle_in_doubt(id, env, backend, todo).await?;
+        if todo.is_empty() {
+            return Ok(());
+        }
+        let marked = todo.clone();
+        self.blocking(move |s| s.mark_sending(id, &marked))
+            .await??;
         let outcome = self.send(env, data, backend, &todo).await;
         for (rcpt, status) in todo.into_iter().zip(outcome) {
             self.record(id, rcpt, status).await?;
         }
         Ok(())
+    }
+
+    /// Of `rcpts`, those to send now: a recipient whose last delivery was
+    /// cut short is looked for in its mailbox first (see the module
+    /// documentation). Found: marked delivered. Check failed: left in
+    /// doubt for a later pass.
+    async fn settle_in_doubt(
+        &mut self,
+        id: SpoolId,
+        env: &Envelope,
+        backend: &str,
+        rcpts: Vec<String>,
+    ) -> Result<Vec<String>, WorkerError> {
+        let mut todo = Vec::with_capacity(rcpts.len());
+        for rcpt in rcpts {
+            if env.recipient(&rcpt).is_none_or(|r| r.sending.is_none()) {
+                todo.push(rcpt);
+                continue;
+            }
+            let b = self.ctx.backends.get(backend).cloned();
+            let check = b
+                .as_ref()
+                .and_then(|b| Some((b, b.check.as_ref()?, env.trace_id.as_deref()?)));
+            let Some((b, master, trace)) = check else {
+                warn!(%id, %rcpt, %backend, "delivery outcome in doubt after a restart; delivering again (set a check_user on the backend for exactly once)");
+                todo.push(rcpt);
+                continue;
+            };
+            let limits = &self.ctx.config.limits;
+            let found = lookup::find_trace(
+                b,
+                master,
+                &rcpt,
+                trace,
+                limits.connect_timeout,
+                limits.login_timeout,
+            )
+            .await;
+            match found {
+                Ok(Found::Yes) => {
+                    info!(%id, %rcpt, "in-doubt delivery found in the mailbox: not sent again");
+                    metrics::counter!("ponte_inbound_deliveries_total", "outcome" => "found")
+                        .increment(1);
+                    self.set(id, rcpt, Status::Delivered).await?;
+                }
+                Ok(Found::No) => {
+                    info!(%id, %rcpt, "in-doubt delivery not in the mailbox: sending");
+                    todo.push(rcpt);
+                }
+                Err(e) => {
+                    warn!(%id, %rcpt, error = %e, "delivery check failed; will try again");
+                    self.waiting.insert(rcpt.to_ascii_lowercase());
+                    let due = now_unix() + FIRST_BACKOFF;
+                    self.next_retry = Some(self.next_retry.map_or(due, |n| n.min(due)));
+                }
+            }
+        }
+        Ok(todo)
     }
 
     /// The status each recipient ends up with.

@@ -40,6 +40,11 @@ const STOP_GRACE: Duration = Duration::from_millis(100);
 /// Set this variable to keep instance tempdirs after the test, for debugging.
 const KEEP_ENV: &str = "PONTE_KEEP_DOVECOT";
 
+/// The master user every instance has, for ponte's delivery check
+/// (`backend.<name>.check_user`).
+pub const CHECK_USER: &str = "ponte-check";
+pub const CHECK_PASSWORD: &str = "check-Pa55";
+
 /// What to run.
 #[derive(Clone, Debug, Default)]
 pub struct DovecotOptions {
@@ -396,6 +401,11 @@ fn prepare_dir(root: &Path, opts: &DovecotOptions, ports: &Ports, greeting: &str
         .collect();
     fs::write(root.join("users"), users).expect("write users");
     fs::write(
+        root.join("masters"),
+        format!("{CHECK_USER}:{{PLAIN}}{CHECK_PASSWORD}::::::\n"),
+    )
+    .expect("write masters");
+    fs::write(
         root.join("dovecot.conf"),
         render_config(root, opts, ports, greeting),
     )
@@ -467,6 +477,14 @@ passdb {{
 passdb {{
   driver = passwd-file
   args = scheme=PLAIN username_format=%Lu {d}/users
+}}
+# ponte's delivery check logs in as this master user, acting as a mailbox
+# (SASL PLAIN authorization identity); pass = yes: the mailbox must exist.
+passdb {{
+  driver = passwd-file
+  master = yes
+  pass = yes
+  args = scheme=PLAIN {d}/masters
 }}
 userdb {{
   driver = passwd-file

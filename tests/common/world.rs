@@ -144,6 +144,11 @@ impl World {
         )
         .expect("token");
         std::fs::write(
+            dir.path().join("check.secret"),
+            format!("{}\n", super::dovecot::CHECK_PASSWORD),
+        )
+        .expect("check secret");
+        std::fs::write(
             dir.path().join("mailboxes.csv"),
             "address,state\nbob@pec.example,migrated\n",
         )
@@ -267,6 +272,8 @@ pop3 = "pop3s://{legacy_pop3s}"
 submission = "smtp://{legacy_submission}"
 inbound = "lmtp://{legacy_lmtp}"
 ca = "{d}/ca.crt"
+check_user = "{check_user}"
+check_password_file = "{d}/check.secret"
 
 [backend.new]
 imap = "imap://{new_imap}"
@@ -275,6 +282,8 @@ submission = "smtp://{new_submission}"
 inbound = "lmtp://{new_lmtp}"
 starttls = true
 ca = "{d}/ca.crt"
+check_user = "{check_user}"
+check_password_file = "{d}/check.secret"
 
 [domain."pec.example"]
 state = "legacy"
@@ -283,6 +292,7 @@ state = "legacy"
 state = "migrated"
 "#,
             extra_limits = self.extra,
+            check_user = super::dovecot::CHECK_USER,
             legacy_imaps = self.legacy.imaps_addr().expect("legacy imaps"),
             new_imap = self.new.imap_addr(),
             legacy_pop3s = self.legacy.pop3s_addr().expect("legacy pop3s"),
@@ -338,10 +348,15 @@ state = "migrated"
 
     /// Stops ponte and starts it again on the same store (new ports).
     pub fn restart(&mut self) {
+        self.stop();
+        self.ponte = Some(Ponte::start(&self.config()));
+    }
+
+    /// Stops ponte (the backends keep running); `restart` starts it again.
+    pub fn stop(&mut self) {
         if let Some(p) = self.ponte.take() {
             p.stop();
         }
-        self.ponte = Some(Ponte::start(&self.config()));
     }
 }
 

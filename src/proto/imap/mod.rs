@@ -5,6 +5,7 @@
 mod backend;
 pub mod boundary;
 pub mod framer;
+pub mod lookup;
 mod preauth;
 pub mod readonly;
 mod view;

@@ -42,17 +42,19 @@ pub async fn finish(
     helo: Option<&str>,
     tx: Transaction,
     message: Vec<u8>,
+    trace_id: String,
 ) -> String {
     let Some(spool) = ctx.inbound.spool.clone() else {
         warn!("inbound message refused: no spool open");
         return NO_SPOOL.into();
     };
-    let envelope = Envelope::new(
+    let mut envelope = Envelope::new(
         tx.mail_from.clone(),
         tx.recipients.clone(),
         Some(conn.peer.ip()),
         helo.unwrap_or_default(),
     );
+    envelope.trace_id = Some(trace_id);
     if let Some(backend) = one_live_backend(ctx, &tx.recipients) {
         if !has_pending(&spool, &tx.recipients).await {
             return relay(ctx, &spool, &backend, envelope, message).await;

@@ -360,7 +360,7 @@ impl Session<'_> {
             return self.reply(BAD_SEQUENCE).await;
         };
         self.messages += 1;
-        let id = format!("{:x}.{}", self.conn.id, self.messages);
+        let id = trace::trace_id(self.conn.id, self.messages);
         let trace = trace::Trace {
             helo: self.helo.as_deref(),
             client: self.conn.peer.ip(),
@@ -371,7 +371,8 @@ impl Session<'_> {
         let mut message = trace.header(time::OffsetDateTime::now_utc()).into_bytes();
         message.extend_from_slice(&body);
         drop(body);
-        let reply = deliver::finish(self.ctx, self.conn, self.helo.as_deref(), tx, message).await;
+        let reply =
+            deliver::finish(self.ctx, self.conn, self.helo.as_deref(), tx, message, id).await;
         self.reply(&reply).await
     }
 }

@@ -4,9 +4,25 @@
 //! are signed).
 
 use std::net::IpAddr;
+use std::sync::OnceLock;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use time::format_description::well_known::Rfc2822;
 use time::OffsetDateTime;
+
+/// The id in ponte's `Received:` header: unique per message across
+/// restarts (this process's start time, the connection, the message in
+/// it), so that a mailbox can be searched for it (`proto::imap::lookup`).
+/// Hex digits and dots only.
+pub fn trace_id(conn: u64, message: u32) -> String {
+    static STARTED: OnceLock<u64> = OnceLock::new();
+    let started = STARTED.get_or_init(|| {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64)
+    });
+    format!("{started:x}.{conn:x}.{message:x}")
+}
 
 /// Who handed the message over, and how.
 pub struct Trace<'a> {
