@@ -32,6 +32,44 @@ pub struct Config {
     pub backend: BTreeMap<String, BackendConfig>,
     #[serde(default)]
     pub domain: BTreeMap<String, DomainConfig>,
+    #[serde(default)]
+    pub outbound: OutboundConfig,
+}
+
+/// Mail ponte sends on its own behalf: delivery status notifications to
+/// the senders of spooled mail that failed for good.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboundConfig {
+    /// ponte's mail name: `Reporting-MTA` and `MAILER-DAEMON@` of its
+    /// DSNs, and its EHLO to other servers. Default: the system's host
+    /// name.
+    #[serde(default)]
+    pub hostname: Option<String>,
+    /// `smtp://host[:port]`: a relay (smarthost) for every recipient
+    /// outside the managed domains. Without it ponte looks up the
+    /// recipient domain's MX (then A/AAAA) itself.
+    #[serde(default)]
+    pub relay: Option<String>,
+    /// DNS servers (`ip:port`) for MX lookups; empty: /etc/resolv.conf.
+    #[serde(default)]
+    pub nameservers: Vec<std::net::SocketAddr>,
+    /// The SMTP port of MX hosts: 25 (a test points it elsewhere).
+    #[serde(default)]
+    pub mx_port: Option<u16>,
+}
+
+impl OutboundConfig {
+    /// The configured host name, else the system's, else `localhost`.
+    pub fn hostname(&self) -> String {
+        self.hostname.clone().unwrap_or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|h| h.trim().to_string())
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "localhost".into())
+        })
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -69,6 +69,11 @@ fn stuffed(msg: &[u8]) -> Vec<u8> {
 /// Sends `msg` with swaks to `rcpts` through the inbound listener; the
 /// exit status and the transcript.
 fn swaks(w: &World, tag: &str, rcpts: &[&str], msg: &[u8]) -> (bool, String) {
+    swaks_from(w, SENDER, tag, rcpts, msg)
+}
+
+/// [`swaks`] with another reverse path (`""` for the null sender).
+fn swaks_from(w: &World, from: &str, tag: &str, rcpts: &[&str], msg: &[u8]) -> (bool, String) {
     let file = data_file(w, tag, msg);
     let out = Command::new("timeout")
         .arg("30")
@@ -81,7 +86,7 @@ fn swaks(w: &World, tag: &str, rcpts: &[&str], msg: &[u8]) -> (bool, String) {
             "mx.sender.example",
         ])
         .args(["--server", &w.addr("inbound").to_string()])
-        .args(["--from", SENDER, "--to", &rcpts.join(",")])
+        .args(["--from", from, "--to", &rcpts.join(",")])
         .args(["--data", &format!("@{}", file.display())])
         .output()
         .expect("run swaks");
@@ -388,6 +393,84 @@ fn an_in_doubt_delivery_is_looked_up_in_the_mailbox_and_sent_only_if_missing() {
             "the check logged in as the master user acting as {user}:\n{log}"
         );
     }
+}
+
+/// A spooled message the new backend refuses for good (no such user
+/// there): the sender gets a DSN (RFC 3464) in their own mailbox, the
+/// original's headers in it; a message with the null sender gets none.
+/// Both leave the spool.
+#[test]
+fn a_permanent_failure_sends_the_sender_a_delivery_status_notification() {
+    let w = World::start();
+    let ghost = "ghost@pec.example";
+    set_state(&w, ghost, "blackout");
+    let msg = message("bounce", ghost);
+    let (ok, out) = swaks_from(&w, CAROL.address, "bounce", &[ghost], &msg);
+    assert!(ok && out.contains("queued as"), "{out}");
+    let (ok, out) = swaks_from(
+        &w,
+        "",
+        "nullsender",
+        &[ghost],
+        &message("nullsender", ghost),
+    );
+    assert!(ok && out.contains("queued as"), "{out}");
+    assert_eq!(spooled(&w).len(), 2);
+
+    set_state(&w, ghost, "migrated");
+    // The DSN's Message-ID is not the original's: find it by its subject.
+    let start = Instant::now();
+    let dsn = loop {
+        let found: Vec<String> = ["new", "cur"]
+            .iter()
+            .flat_map(|sub| {
+                std::fs::read_dir(w.new.maildir(CAROL.address).join(sub))
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+            })
+            .map(|f| {
+                String::from_utf8_lossy(&std::fs::read(f.path()).unwrap_or_default()).into_owned()
+            })
+            .filter(|m| m.contains("Undelivered Mail Returned to Sender"))
+            .collect();
+        if !found.is_empty() || start.elapsed() > Duration::from_secs(10) {
+            assert_eq!(found.len(), 1, "one DSN reaches carol");
+            break found[0].clone();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    for needle in [
+        "Content-Type: multipart/report; report-type=delivery-status;",
+        "From: Mail Delivery System <MAILER-DAEMON@",
+        "Auto-Submitted: auto-replied",
+        "Content-Type: message/delivery-status",
+        "Final-Recipient: rfc822; ghost@pec.example",
+        "Action: failed",
+        "Status: 5.1.1",
+        "Content-Type: text/rfc822-headers",
+        "Message-ID: <bounce@sender.example>",
+    ] {
+        assert!(
+            dsn.contains(needle),
+            "{needle:?} missing from the DSN:\n{dsn}"
+        );
+    }
+    assert!(!dsn.contains("Caffè e perché"), "the body is not sent back");
+    assert!(dsn.contains("Return-Path: <>"), "a DSN has the null sender");
+    let start = Instant::now();
+    while !spooled(&w).is_empty() && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        spooled(&w).is_empty(),
+        "both failures and the DSN leave the spool"
+    );
+    let dsns = std::fs::read_dir(w.new.maildir(CAROL.address).join("new"))
+        .into_iter()
+        .flatten()
+        .count();
+    assert_eq!(dsns, 1, "no report for the null sender's message");
 }
 
 #[test]

@@ -35,6 +35,11 @@ pub struct Envelope {
     /// a delivery's outcome is in doubt.
     #[serde(default)]
     pub trace_id: Option<String>,
+    /// A delivery status notification ponte made: its recipient (the
+    /// original sender) may be outside the managed domains, and its own
+    /// failure is never reported (no bounce of a bounce).
+    #[serde(default)]
+    pub dsn: bool,
 }
 
 /// One recipient of a spooled message and its delivery state.
@@ -54,6 +59,10 @@ pub struct Recipient {
     /// outcome is in doubt: the backend may have the message already.
     #[serde(default)]
     pub sending: Option<i64>,
+    /// A permanent failure has been reported to the sender (a DSN is in
+    /// the spool) or needs no report (null sender, a DSN itself).
+    #[serde(default)]
+    pub notified: bool,
 }
 
 /// Where a recipient's delivery stands.
@@ -104,6 +113,7 @@ impl Envelope {
                     attempts: 0,
                     last_attempt: None,
                     sending: None,
+                    notified: false,
                 })
                 .collect(),
             arrived: crate::route::now_unix(),
@@ -113,12 +123,33 @@ impl Envelope {
             message_id: None,
             held: false,
             trace_id: None,
+            dsn: false,
         }
     }
 
     /// Every recipient is delivered or failed for good.
     pub fn is_done(&self) -> bool {
         self.recipients.iter().all(|r| r.status.is_done())
+    }
+
+    /// Done, and every permanent failure reported: the message can go.
+    pub fn is_finished(&self) -> bool {
+        self.recipients
+            .iter()
+            .all(|r| r.status == Status::Delivered || (r.status.is_done() && r.notified))
+    }
+
+    /// Recipients failed for good and not reported yet.
+    pub fn unreported(&self) -> impl Iterator<Item = &Recipient> {
+        self.recipients.iter().filter(|r| {
+            matches!(
+                r.status,
+                Status::Failed {
+                    permanent: true,
+                    ..
+                }
+            ) && !r.notified
+        })
     }
 
     /// The recipient with this address (ASCII case-insensitive).

@@ -20,6 +20,7 @@
 //! `<id>` is the [`SpoolId`]: 16 hex digits, so that file names sort in
 //! arrival order. See `store.rs` for the commit point and the crash cases.
 
+pub mod dsn;
 mod envelope;
 mod error;
 mod fsio;

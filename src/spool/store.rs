@@ -330,6 +330,19 @@ impl Spool {
         })
     }
 
+    /// Records that `rcpts`' permanent failures are reported (or need no
+    /// report): with every recipient done, the message can be removed.
+    pub fn mark_notified(&self, id: SpoolId, rcpts: &[String]) -> Result<(), SpoolError> {
+        self.update(id, |env| {
+            for rcpt in rcpts {
+                if let Some(r) = env.recipient_mut(rcpt) {
+                    r.notified = true;
+                }
+            }
+            Ok(())
+        })
+    }
+
     /// The admin's retry: every recipient not delivered goes back to
     /// pending with no backoff (a permanent failure too: the admin fixed
     /// its cause). Returns how many recipients were reset.

@@ -36,7 +36,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::{Entry, Envelope, Recipient, Spool, SpoolError, SpoolId, Status};
+use super::{dsn, Entry, Envelope, Recipient, Spool, SpoolError, SpoolId, Status};
 use crate::config::View;
 use crate::proto::imap::lookup::{self, Found};
 use crate::proto::smtp::client::{self, Message, Timeouts};
@@ -73,6 +73,7 @@ pub async fn run(
             waiting: HashSet::new(),
             next_retry: None,
             written: Vec::new(),
+            notified: Vec::new(),
         };
         if let Err(e) = pass.run(&stop).await {
             warn!(error = %e, "delivery pass failed");
@@ -104,6 +105,8 @@ struct Pass {
     next_retry: Option<i64>,
     /// Statuses written for the message in hand.
     written: Vec<(String, Status)>,
+    /// Recipients of the message in hand whose failure was reported.
+    notified: Vec<String>,
 }
 
 /// What to do now with one message's recipients.
@@ -142,23 +145,92 @@ impl Pass {
 
     async fn handle(&mut self, entry: &Entry) -> Result<(), WorkerError> {
         self.written.clear();
+        self.notified.clear();
         let plan = self.plan(&entry.envelope);
         for address in plan.refused {
             let status = Status::Failed {
                 reason: "550 5.1.1 Mailbox not served any more".into(),
                 permanent: true,
             };
-            warn!(id = %entry.id, rcpt = %address, "spooled recipient failed for good; DSN not sent yet");
+            warn!(id = %entry.id, rcpt = %address, "spooled recipient not served any more: failed for good");
             self.set(entry.id, address, status).await?;
         }
+        let mut loaded = None;
         if !plan.deliver.is_empty() {
             let id = entry.id;
             let (env, data) = self.blocking(move |s| s.load(id)).await??;
             for (backend, rcpts) in plan.deliver {
                 self.deliver(id, &env, &data, &backend, rcpts).await?;
             }
+            loaded = Some(data);
         }
-        self.remove_if_delivered(entry).await
+        let env = self.current(entry);
+        if env.unreported().next().is_some() {
+            self.report(entry.id, &env, loaded).await?;
+        }
+        self.remove_if_finished(entry).await
+    }
+
+    /// The envelope as it stands after this pass's writes.
+    fn current(&self, entry: &Entry) -> Envelope {
+        let mut env = entry.envelope.clone();
+        for (rcpt, status) in &self.written {
+            if let Some(r) = env.recipient_mut(rcpt) {
+                r.status = status.clone();
+            }
+        }
+        env
+    }
+
+    /// Reports the permanent failures to the sender: a DSN (RFC 3464)
+    /// goes into the spool as a message of its own, and only then are the
+    /// recipients marked reported (a crash in between sends the report
+    /// twice rather than never). A bounce, or a message with the null
+    /// sender, is not reported (RFC 5321 §4.5.5).
+    async fn report(
+        &mut self,
+        id: SpoolId,
+        env: &Envelope,
+        data: Option<Vec<u8>>,
+    ) -> Result<(), WorkerError> {
+        let rcpts: Vec<String> = env.unreported().map(|r| r.address.clone()).collect();
+        if env.mail_from.is_empty() || env.dsn {
+            warn!(%id, failed = ?rcpts, "permanent failure of a message with the null sender: not reported");
+        } else {
+            let data = match data {
+                Some(d) => d,
+                None => self.blocking(move |s| s.load(id)).await??.1,
+            };
+            let failures: Vec<(String, String)> = env
+                .unreported()
+                .map(|r| {
+                    let reason = match &r.status {
+                        Status::Failed { reason, .. } => reason.clone(),
+                        _ => String::new(),
+                    };
+                    (r.address.clone(), reason)
+                })
+                .collect();
+            let failed: Vec<dsn::Failure<'_>> = failures
+                .iter()
+                .map(|(address, reason)| dsn::Failure { address, reason })
+                .collect();
+            let host = self.ctx.config.outbound.hostname();
+            let now = time::OffsetDateTime::now_utc();
+            let report = dsn::build(env, &data, &failed, &host, now);
+            let mut dsn_env = Envelope::new("", [env.mail_from.clone()], None, host);
+            dsn_env.dsn = true;
+            dsn_env.trace_id = Some(format!("dsn.{id}"));
+            let dsn_id = self.blocking(move |s| s.store(&dsn_env, &report)).await??;
+            info!(%id, dsn = %dsn_id, to = %env.mail_from, failed = ?rcpts, "delivery status notification queued");
+            metrics::counter!("ponte_inbound_dsn_total").increment(1);
+            self.ctx.inbound.wake_worker();
+        }
+        let marked = rcpts.clone();
+        self.blocking(move |s| s.mark_notified(id, &marked))
+            .await??;
+        self.notified.extend(rcpts);
+        Ok(())
     }
 
     /// Sorts the recipients not done yet: deliverable now, refused, or
@@ -362,21 +434,22 @@ impl Pass {
         Ok(())
     }
 
-    /// Removes the message once every recipient has it. Messages with a
-    /// permanent failure stay, for the DSN and the admin.
-    async fn remove_if_delivered(&self, entry: &Entry) -> Result<(), WorkerError> {
-        let mut env = entry.envelope.clone();
-        for (rcpt, status) in &self.written {
-            if let Some(r) = env.recipient_mut(rcpt) {
-                r.status = status.clone();
-            }
+    /// Removes the message once every recipient has it or failed for
+    /// good with the failure reported.
+    async fn remove_if_finished(&self, entry: &Entry) -> Result<(), WorkerError> {
+        let mut env = self.current(entry);
+        for r in &mut env.recipients {
+            r.notified |= self
+                .notified
+                .iter()
+                .any(|n| n.eq_ignore_ascii_case(&r.address));
         }
-        if !env.recipients.iter().all(|r| r.status == Status::Delivered) {
+        if !env.is_finished() {
             return Ok(());
         }
         let id = entry.id;
         self.blocking(move |s| s.remove(id)).await??;
-        info!(%id, "spooled message delivered to every recipient; removed");
+        info!(%id, "spooled message done for every recipient; removed");
         Ok(())
     }
 }
@@ -425,6 +498,7 @@ mod tests {
             attempts,
             last_attempt: Some(last),
             sending: None,
+            notified: false,
         }
     }
 
