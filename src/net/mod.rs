@@ -3,6 +3,7 @@
 
 pub mod backend;
 pub mod bridge;
+pub mod dns;
 pub mod listener;
 pub mod per_ip;
 pub mod stream;

@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod certs;
 pub mod clients;
+pub mod dnsmasq;
 pub mod dovecot;
 pub mod net;
 pub mod ponte;
