@@ -423,8 +423,14 @@ impl Config {
                 let key = format!("backend.{name}.inbound");
                 crate::net::backend::Endpoint::parse(url, false)
                     .map_err(|reason| ConfigError::invalid(key.clone(), reason))?;
-                if !url.starts_with("smtp://") && !url.starts_with("lmtp://") {
-                    return Err(ConfigError::invalid(key, "expected smtp:// or lmtp://"));
+                if !["smtp://", "lmtp://", "mx://"]
+                    .iter()
+                    .any(|s| url.starts_with(s))
+                {
+                    return Err(ConfigError::invalid(
+                        key,
+                        "expected smtp://, lmtp:// or mx://",
+                    ));
                 }
             }
             match (&b.check_user, &b.check_password_file) {
@@ -442,6 +448,14 @@ impl Config {
                 }
                 _ => {}
             }
+        }
+        if let Some(url) = &self.outbound.relay {
+            crate::net::backend::Endpoint::parse(url, false)
+                .ok()
+                .filter(|_| url.starts_with("smtp://"))
+                .ok_or_else(|| {
+                    ConfigError::invalid("outbound.relay", "expected smtp://host[:port]")
+                })?;
         }
         Ok(())
     }

@@ -21,6 +21,7 @@ use crate::config::{Config, ListenerConfig};
 use crate::control::{scheduler, Control};
 use crate::error::{ConfigError, ServerError};
 use crate::net::backend::{self, Backends};
+use crate::net::dns::{Dns, DnsOptions};
 use crate::net::listener;
 use crate::registry::Registry;
 use crate::route::{import_seed, RedbStore, Router, StateStore};
@@ -42,6 +43,8 @@ pub struct Ctx {
     /// The inbound spool and the delivery worker's wake-up, shared by all
     /// generations.
     pub inbound: Inbound,
+    /// For MX lookups; `None` if no name server is known.
+    pub dns: Option<Dns>,
 }
 
 /// What inbound SMTP shares with the delivery worker.
@@ -82,7 +85,9 @@ impl Ctx {
             .iter()
             .map(|l| (l.name.clone(), Arc::new(l.clone())))
             .collect();
+        let dns = resolver(&config);
         Ok(Ctx {
+            dns,
             config,
             listeners,
             router,
@@ -92,6 +97,23 @@ impl Ctx {
             hard_stop,
             inbound,
         })
+    }
+}
+
+/// The DNS resolver for MX lookups (`mx://` backends, DSNs to other
+/// domains). Without one (no name server configured or in
+/// /etc/resolv.conf) those deliveries wait, retried, and ponte says why.
+fn resolver(config: &Config) -> Option<Dns> {
+    let opts = DnsOptions {
+        nameservers: config.outbound.nameservers.clone(),
+        ..DnsOptions::default()
+    };
+    match Dns::new(&opts) {
+        Ok(dns) => Some(dns),
+        Err(e) => {
+            warn!(error = %e, "no DNS resolver: MX deliveries will wait");
+            None
+        }
     }
 }
 

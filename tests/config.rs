@@ -56,6 +56,10 @@ fn valid_files_load() {
             format!("{BASE}\n[limits]\nidle_timeout = \"45m\"\npreauth_timeout = \"30s\"\n"),
         ),
         (
+            "outbound",
+            format!("{BASE}\n[outbound]\nhostname = \"mx.pec.example\"\nrelay = \"smtp://relay.example:2525\"\nnameservers = [\"127.0.0.1:53\", \"[::1]:53\"]\n"),
+        ),
+        (
             "admin",
             format!(
                 "{BASE}\n[admin]\nbind = \"127.0.0.1:8025\"\ntoken_file = \"conf/admin.token\"\n"
@@ -94,6 +98,9 @@ fn invalid_files_name_the_key_and_the_reason() {
         (with("tempmail_until = \"2026-06-28T09:00:00+02:00\"", "tempmail_until = \"next june\""), "tempmail_until", ""),
         (format!("{BASE}\n[[listener]]\nname = \"imap\"\nprotocol = \"imap\"\nbind = \"127.0.0.1:1\"\n"), "listener[1].name", "duplicate"),
         (with("[state]\npath = \"var/state\"", ""), "state", "missing"),
+        (with("imap = \"imap://127.0.0.1:1143\"", "imap = \"imap://127.0.0.1:1143\"\ncheck_user = \"ponte\""), "backend.new.check_user", "go together"),
+        (format!("{BASE}\n[outbound]\nrelay = \"lmtp://relay.example\"\n"), "outbound.relay", "smtp://"),
+        (format!("{BASE}\n[outbound]\nnameservers = [\"dns.example\"]\n"), "outbound.nameservers", ""),
     ];
     for (text, key, reason) in cases {
         let err = Config::from_toml(&text).expect_err(key).to_string();

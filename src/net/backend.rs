@@ -28,6 +28,9 @@ pub struct Endpoint {
     pub starttls: bool,
     /// `lmtp://`: LHLO, and one reply per recipient after DATA (RFC 2033).
     pub lmtp: bool,
+    /// `mx://domain`: SMTP to the domain's mail hosts, found in the DNS
+    /// (MX, then A/AAAA) at each delivery.
+    pub mx: bool,
 }
 
 impl Endpoint {
@@ -43,6 +46,7 @@ impl Endpoint {
             "smtp" => (false, 25),
             "smtps" => (true, 465),
             "lmtp" => (false, 24),
+            "mx" => (false, 25),
             other => return Err(format!("unknown scheme {other:?}")),
         };
         let host = match url.host() {
@@ -59,6 +63,7 @@ impl Endpoint {
             implicit_tls,
             starttls: starttls && !implicit_tls,
             lmtp: url.scheme() == "lmtp",
+            mx: url.scheme() == "mx",
         })
     }
 
@@ -81,7 +86,7 @@ pub struct Backend {
     pub imap: Option<Endpoint>,
     pub pop3: Option<Endpoint>,
     pub submission: Option<Endpoint>,
-    /// Where inbound mail is delivered (`smtp://` or `lmtp://`, plain:
+    /// Where inbound mail is delivered (`smtp://`, `lmtp://` or `mx://`, plain:
     /// no credentials cross it).
     pub inbound: Option<Endpoint>,
     /// The master user for the delivery check (see

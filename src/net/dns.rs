@@ -166,7 +166,7 @@ impl Dns {
     pub fn new(opts: &DnsOptions) -> Result<Dns, ConfigError> {
         let config = if opts.nameservers.is_empty() {
             let (system, _) = hickory_resolver::system_conf::read_system_conf().map_err(|e| {
-                ConfigError::invalid("dns.nameservers", format!("/etc/resolv.conf: {e}"))
+                ConfigError::invalid("outbound.nameservers", format!("/etc/resolv.conf: {e}"))
             })?;
             // Only the servers: every query is fully qualified, so the
             // search list and local domain never apply.
@@ -185,7 +185,7 @@ impl Dns {
         };
         if config.name_servers().is_empty() {
             return Err(ConfigError::invalid(
-                "dns.nameservers",
+                "outbound.nameservers",
                 "none configured and none in /etc/resolv.conf",
             ));
         }

@@ -25,6 +25,7 @@ mod envelope;
 mod error;
 mod fsio;
 mod id;
+mod outbound;
 mod recover;
 mod seen;
 mod stats;

@@ -36,6 +36,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use super::outbound::{self, Undelivered};
 use super::{dsn, Entry, Envelope, Recipient, Spool, SpoolError, SpoolId, Status};
 use crate::config::View;
 use crate::proto::imap::lookup::{self, Found};
@@ -109,11 +110,30 @@ struct Pass {
     notified: Vec<String>,
 }
 
+/// Where a group of recipients is delivered, one transaction each.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Via {
+    /// A configured backend, by name.
+    Backend(String),
+    /// A domain outside the managed ones (a DSN's recipient): its mail
+    /// hosts or the outbound relay.
+    Domain(String),
+}
+
+impl std::fmt::Display for Via {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Via::Backend(name) => write!(f, "backend {name}"),
+            Via::Domain(domain) => write!(f, "domain {domain}"),
+        }
+    }
+}
+
 /// What to do now with one message's recipients.
 #[derive(Debug, Default)]
 struct Plan {
-    /// Deliver now, by backend name.
-    deliver: BTreeMap<String, Vec<String>>,
+    /// Deliver now.
+    deliver: BTreeMap<Via, Vec<String>>,
     /// Not served any more (excluded, domain gone): failed for good.
     refused: Vec<String>,
 }
@@ -159,8 +179,8 @@ impl Pass {
         if !plan.deliver.is_empty() {
             let id = entry.id;
             let (env, data) = self.blocking(move |s| s.load(id)).await??;
-            for (backend, rcpts) in plan.deliver {
-                self.deliver(id, &env, &data, &backend, rcpts).await?;
+            for (via, rcpts) in plan.deliver {
+                self.deliver(id, &env, &data, &via, rcpts).await?;
             }
             loaded = Some(data);
         }
@@ -253,7 +273,7 @@ impl Pass {
                 Ok(route) => match route.target {
                     Target::Live { backend } => plan
                         .deliver
-                        .entry(backend)
+                        .entry(Via::Backend(backend))
                         .or_default()
                         .push(r.address.clone()),
                     Target::ReadOnly { .. } => {
@@ -261,6 +281,12 @@ impl Pass {
                     }
                     Target::Refused { .. } => plan.refused.push(r.address.clone()),
                 },
+                // Only ponte's own reports go out of the managed domains.
+                Err(RouteError::UnknownDomain) if env.dsn => plan
+                    .deliver
+                    .entry(Via::Domain(super::domain_of(&r.address)))
+                    .or_default()
+                    .push(r.address.clone()),
                 Err(RouteError::UnknownDomain) => plan.refused.push(r.address.clone()),
                 Err(RouteError::Store(e)) => {
                     warn!(error = %e, "recipient lookup failed");
@@ -271,14 +297,14 @@ impl Pass {
         plan
     }
 
-    /// One transaction to `backend` for `rcpts`, minus those the seen log
-    /// says already have this message.
+    /// One transaction `via` a backend or a domain's mail hosts for
+    /// `rcpts`, minus those the seen log says already have this message.
     async fn deliver(
         &mut self,
         id: SpoolId,
         env: &Envelope,
         data: &[u8],
-        backend: &str,
+        via: &Via,
         rcpts: Vec<String>,
     ) -> Result<(), WorkerError> {
         let mut todo = Vec::new();
@@ -296,14 +322,19 @@ impl Pass {
         if todo.is_empty() {
             return Ok(());
         }
-        let todo = self.settle_in_doubt(id, env, backend, todo).await?;
+        // Outside the managed domains there is no mailbox to look into: an
+        // in-doubt report is sent again.
+        let todo = match via {
+            Via::Backend(backend) => self.settle_in_doubt(id, env, backend, todo).await?,
+            Via::Domain(_) => todo,
+        };
         if todo.is_empty() {
             return Ok(());
         }
         let marked = todo.clone();
         self.blocking(move |s| s.mark_sending(id, &marked))
             .await??;
-        let outcome = self.send(env, data, backend, &todo).await;
+        let outcome = self.send(env, data, via, &todo).await;
         for (rcpt, status) in todo.into_iter().zip(outcome) {
             self.record(id, rcpt, status).await?;
         }
@@ -369,13 +400,7 @@ impl Pass {
     }
 
     /// The status each recipient ends up with.
-    async fn send(
-        &self,
-        env: &Envelope,
-        data: &[u8],
-        backend: &str,
-        rcpts: &[String],
-    ) -> Vec<Status> {
+    async fn send(&self, env: &Envelope, data: &[u8], via: &Via, rcpts: &[String]) -> Vec<Status> {
         let limits = &self.ctx.config.limits;
         let t = Timeouts {
             connect: limits.connect_timeout,
@@ -386,18 +411,26 @@ impl Pass {
             recipients: rcpts,
             data,
         };
-        let result = match self.ctx.backends.get(backend) {
-            Some(b) => client::deliver(b, &msg, t).await.map_err(|e| e.to_string()),
-            None => Err(format!("unknown backend {backend}")),
+        let result = match via {
+            Via::Backend(name) => match self.ctx.backends.get(name) {
+                Some(b) => client::deliver(b, self.ctx.dns.as_ref(), &msg, t)
+                    .await
+                    .map_err(|e| Undelivered {
+                        reason: e.to_string(),
+                        permanent: false,
+                    }),
+                None => Err(Undelivered {
+                    reason: format!("unknown backend {name}"),
+                    permanent: false,
+                }),
+            },
+            Via::Domain(domain) => outbound::deliver(&self.ctx, domain, &msg, t).await,
         };
         match result {
             Ok(replies) => replies.iter().map(status_of).collect(),
-            Err(reason) => {
-                warn!(%backend, %reason, "delivery failed; will retry");
-                let failed = Status::Failed {
-                    reason,
-                    permanent: false,
-                };
+            Err(Undelivered { reason, permanent }) => {
+                warn!(%via, %reason, permanent, "delivery failed");
+                let failed = Status::Failed { reason, permanent };
                 vec![failed; rcpts.len()]
             }
         }

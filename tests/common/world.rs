@@ -352,6 +352,12 @@ state = "migrated"
         self.ponte = Some(Ponte::start(&self.config()));
     }
 
+    /// Starts ponte with `toml` (a variant of [`World::config`]).
+    pub fn start_config(&mut self, toml: &str) {
+        self.stop();
+        self.ponte = Some(Ponte::start(toml));
+    }
+
     /// Stops ponte (the backends keep running); `restart` starts it again.
     pub fn stop(&mut self) {
         if let Some(p) = self.ponte.take() {

@@ -141,7 +141,7 @@ async fn relay(
         connect: limits.connect_timeout,
         reply: limits.login_timeout,
     };
-    let replies = match client::deliver(backend, &msg, t).await {
+    let replies = match client::deliver(backend, ctx.dns.as_ref(), &msg, t).await {
         Ok(r) => r,
         Err(e) => {
             warn!(error = %e, "inbound relay failed");

@@ -14,6 +14,7 @@ use super::lines::Lines;
 use super::reply::Reply;
 use crate::error::BackendError;
 use crate::net::backend::{Backend, Endpoint};
+use crate::net::dns::Dns;
 use crate::net::stream::Stream;
 
 /// One message to deliver.
@@ -38,7 +39,9 @@ const MAX_LINE: usize = 4096;
 const HELO_NAME: &str = "ponte";
 
 struct Conn<'a> {
-    backend: &'a Backend,
+    /// Who is on the other side, for errors: a backend's name, or the
+    /// mail host of an outbound delivery.
+    peer: &'a str,
     stream: Stream,
     lines: Lines,
     limit: Duration,
@@ -49,20 +52,47 @@ struct Conn<'a> {
 /// nothing is known to be delivered: retry later.
 pub async fn deliver(
     backend: &Backend,
+    dns: Option<&Dns>,
     msg: &Message<'_>,
     t: Timeouts,
 ) -> Result<Vec<Reply>, BackendError> {
     let ep = inbound(backend)?;
-    let stream = backend.connect(ep, t.connect).await?;
+    let stream = if ep.mx {
+        let dns = dns.ok_or_else(|| backend.protocol_error("no DNS resolver for mx://"))?;
+        let (tcp, _host) = dns
+            .connect_mail_host(&ep.host, ep.port, t.connect)
+            .await
+            .map_err(|e| BackendError::Connect {
+                backend: backend.name.clone(),
+                addr: format!("mx:{}", ep.host),
+                source: std::io::Error::other(e.to_string()),
+            })?;
+        Stream::Plain(tcp)
+    } else {
+        backend.connect(ep, t.connect).await?
+    };
+    transact(&backend.name, stream, ep.lmtp, HELO_NAME, msg, t).await
+}
+
+/// The transaction of [`deliver`] on a connected `stream` to `peer`,
+/// which speaks LMTP if `lmtp`; `helo` is ponte's name in EHLO/LHLO.
+pub async fn transact(
+    peer: &str,
+    stream: Stream,
+    lmtp: bool,
+    helo: &str,
+    msg: &Message<'_>,
+    t: Timeouts,
+) -> Result<Vec<Reply>, BackendError> {
     let mut c = Conn {
-        backend,
+        peer,
         stream,
         lines: Lines::new(MAX_LINE),
         limit: t.reply,
     };
     c.expect(220, "greeting").await?;
-    let hello = if ep.lmtp { "LHLO" } else { "EHLO" };
-    c.command(&format!("{hello} {HELO_NAME}\r\n"), 250, hello)
+    let hello = if lmtp { "LHLO" } else { "EHLO" };
+    c.command(&format!("{hello} {helo}\r\n"), 250, hello)
         .await?;
     // Declared from the bytes themselves: the spool keeps no MAIL parameters.
     let eight_bit = msg.data.iter().any(|&b| b >= 0x80);
@@ -92,7 +122,7 @@ pub async fn deliver(
     }
     c.send_data(msg.data).await?;
     // LMTP: one reply per accepted recipient, in RCPT order (RFC 2033 §4.2).
-    let finals = if ep.lmtp { accepted.len() } else { 1 };
+    let finals = if lmtp { accepted.len() } else { 1 };
     let mut last = None;
     for (n, &i) in accepted.iter().enumerate() {
         if n < finals {
@@ -111,6 +141,27 @@ fn inbound(backend: &Backend) -> Result<&Endpoint, BackendError> {
 }
 
 impl Conn<'_> {
+    fn protocol_error(&self, reason: impl Into<String>) -> BackendError {
+        BackendError::Protocol {
+            backend: self.peer.to_string(),
+            reason: reason.into(),
+        }
+    }
+
+    fn io_error(&self, source: std::io::Error) -> BackendError {
+        BackendError::Io {
+            backend: self.peer.to_string(),
+            source,
+        }
+    }
+
+    fn timeout(&self, step: &'static str) -> BackendError {
+        BackendError::Timeout {
+            backend: self.peer.to_string(),
+            step,
+        }
+    }
+
     async fn read_reply(&mut self) -> Result<Reply, BackendError> {
         let deadline = Instant::now() + self.limit;
         let mut partial = Vec::new();
@@ -118,14 +169,14 @@ impl Conn<'_> {
             match Reply::take(&mut self.lines, &mut partial) {
                 Ok(Some(r)) => return Ok(r),
                 Ok(None) => {}
-                Err(e) => return Err(self.backend.protocol_error(e.to_string())),
+                Err(e) => return Err(self.protocol_error(e.to_string())),
             }
             let fill = self.lines.fill(&mut self.stream);
             match tokio::time::timeout_at(deadline, fill).await {
-                Ok(Ok(0)) => return Err(self.backend.protocol_error("connection closed")),
+                Ok(Ok(0)) => return Err(self.protocol_error("connection closed")),
                 Ok(Ok(_)) => {}
-                Ok(Err(e)) => return Err(self.backend.io_error(e)),
-                Err(_) => return Err(self.backend.timeout("reply")),
+                Ok(Err(e)) => return Err(self.io_error(e)),
+                Err(_) => return Err(self.timeout("reply")),
             }
         }
     }
@@ -136,8 +187,8 @@ impl Conn<'_> {
             self.stream.flush().await
         };
         match tokio::time::timeout(self.limit, write).await {
-            Ok(r) => r.map_err(|e| self.backend.io_error(e)),
-            Err(_) => Err(self.backend.timeout("write")),
+            Ok(r) => r.map_err(|e| self.io_error(e)),
+            Err(_) => Err(self.timeout("write")),
         }
     }
 
@@ -150,7 +201,7 @@ impl Conn<'_> {
         let reply = self.read_reply().await?;
         if reply.code != code {
             let reason = format!("{step}: {}", reply.text());
-            return Err(self.backend.protocol_error(reason));
+            return Err(self.protocol_error(reason));
         }
         Ok(())
     }
