@@ -259,6 +259,7 @@ pub async fn refresh_gauges(control: &Control) {
     metrics::gauge!("ponte_spool_messages").set(t.messages as f64);
     metrics::gauge!("ponte_spool_bytes").set(t.bytes as f64);
     metrics::gauge!("ponte_spool_held_messages").set(t.held as f64);
+    // 0 for an empty queue: a gauge cannot be absent once set.
     let age = t.oldest_age(now_unix()).unwrap_or(0);
     metrics::gauge!("ponte_spool_oldest_age_seconds").set(age as f64);
 }

@@ -138,7 +138,7 @@ impl Control {
         if !held {
             self.ctx().inbound.wake_worker();
         }
-        info!(%id, held, changed, %who, "queued message: hold changed");
+        info!(%id, held, changed, %who, "queued message: hold set");
         Ok(changed)
     }
 
