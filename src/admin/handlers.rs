@@ -364,7 +364,10 @@ pub async fn audit(State(s): St, Query(q): Query<AuditQuery>) -> Api {
 
 pub async fn metrics(State(s): St) -> impl IntoResponse {
     match &s.metrics {
-        Some(h) => (StatusCode::OK, h.render()),
+        Some(h) => {
+            super::queue::refresh_gauges(&s.control).await;
+            (StatusCode::OK, h.render())
+        }
         None => (
             StatusCode::SERVICE_UNAVAILABLE,
             "metrics recorder not installed\n".to_string(),

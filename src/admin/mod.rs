@@ -4,6 +4,7 @@
 
 pub mod auth;
 mod handlers;
+mod queue;
 
 use std::sync::Arc;
 
@@ -52,6 +53,12 @@ pub fn app(state: Arc<AdminState>) -> Router {
         .route("/api/sessions", get(handlers::sessions))
         .route("/api/kick", post(handlers::kick))
         .route("/api/audit", get(handlers::audit))
+        .route("/api/queue", get(queue::stats))
+        .route("/api/queue/messages", get(queue::list))
+        .route("/api/queue/{id}", get(queue::show).delete(queue::delete))
+        .route("/api/queue/{id}/retry", post(queue::retry))
+        .route("/api/queue/{id}/hold", post(queue::hold))
+        .route("/api/queue/{id}/release", post(queue::release))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,
@@ -92,7 +99,12 @@ impl From<ControlError> for ApiError {
         let status = match &e {
             ControlError::NotFound(_) => StatusCode::NOT_FOUND,
             ControlError::Invalid(_) | ControlError::BadRows(_) => StatusCode::BAD_REQUEST,
-            ControlError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            // The request is fine; this ponte is not set up for it.
+            ControlError::NoSpool => StatusCode::CONFLICT,
+            ControlError::Store(_)
+            | ControlError::Spool(_)
+            | ControlError::Unaudited { .. }
+            | ControlError::Task(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         let details = match &e {
             ControlError::BadRows(rows) => rows.clone(),

@@ -4,6 +4,7 @@
 //! their clients reconnect to the new route. The admin API and the
 //! scheduler both come through here.
 
+pub mod queue;
 pub mod scheduler;
 
 use std::collections::HashSet;
@@ -29,6 +30,20 @@ pub enum ControlError {
     BadRows(Vec<String>),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Queue operations on a ponte without an inbound listener.
+    #[error("no inbound queue: this ponte has no inbound (smtp) listener, so nothing is spooled")]
+    NoSpool,
+    #[error(transparent)]
+    Spool(crate::spool::SpoolError),
+    /// A queue change was made but its audit entry could not be written.
+    #[error("{action} done, but not written to the audit log: {source}")]
+    Unaudited {
+        action: &'static str,
+        source: StoreError,
+    },
+    /// A blocking task of the control plane panicked or was cancelled.
+    #[error("control task: {0}")]
+    Task(String),
 }
 
 /// The result of a state change: old → new and how many sessions were

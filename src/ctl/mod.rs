@@ -9,6 +9,7 @@
 mod client;
 mod json;
 mod plan;
+mod queue;
 mod render;
 mod table;
 mod target;
@@ -21,6 +22,7 @@ use std::process::ExitCode;
 use clap::{ArgGroup, Subcommand};
 
 pub use plan::{Body, Call, Method, View};
+pub use queue::{QueueArgs, QueueCommand, QueueView};
 pub use table::Table;
 pub use token::parse_token;
 
@@ -69,6 +71,9 @@ pub enum CtlCommand {
     Sessions,
     /// Close client sessions.
     Kick(KickArgs),
+    /// The inbound queue: mail spooled for mailboxes in blackout. Counts
+    /// per domain without a subcommand.
+    Queue(QueueArgs),
     /// Recent state changes, newest last.
     Audit {
         /// How many entries to show.

@@ -52,6 +52,7 @@ pub enum View {
     Sessions,
     Kick,
     Audit,
+    Queue(super::QueueView),
 }
 
 /// One request to the admin API; `path` starts with `/api/` and carries
@@ -66,7 +67,7 @@ pub struct Call {
 }
 
 impl Call {
-    fn new(method: Method, path: String, body: Body, view: View) -> Self {
+    pub(super) fn new(method: Method, path: String, body: Body, view: View) -> Self {
         Call {
             method,
             path,
@@ -76,7 +77,7 @@ impl Call {
         }
     }
 
-    fn get(path: String, view: View) -> Self {
+    pub(super) fn get(path: String, view: View) -> Self {
         Call::new(Method::Get, path, Body::Empty, view)
     }
 }
@@ -93,6 +94,7 @@ pub fn plan(command: &CtlCommand) -> Result<Call, Failure> {
         CtlCommand::Schedule { action } => schedule(action),
         CtlCommand::Sessions => Ok(Call::get("/api/sessions".into(), View::Sessions)),
         CtlCommand::Kick(args) => kick(args),
+        CtlCommand::Queue(args) => super::queue::plan(args),
         CtlCommand::Audit { limit } => {
             Ok(Call::get(format!("/api/audit?limit={limit}"), View::Audit))
         }
@@ -279,7 +281,7 @@ fn non_empty<'a>(what: &str, s: &'a str) -> Result<&'a str, Failure> {
 }
 
 /// `s` percent-encoded for a path segment or a query value.
-fn segment(what: &str, s: &str) -> Result<String, Failure> {
+pub(super) fn segment(what: &str, s: &str) -> Result<String, Failure> {
     let s = non_empty(what, s)?;
     if s == "." || s == ".." {
         return Err(Failure::Usage(format!("bad {what} {s:?}")));

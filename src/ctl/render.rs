@@ -29,6 +29,7 @@ pub fn render(view: View, body: &str) -> Result<String, Failure> {
         View::Sessions => parse(body).map(|l: SessionList| sessions(&l)),
         View::Kick => parse(body).map(|k: Kicked| closed(k.kicked)),
         View::Audit => parse(body).map(|a: Audit| audit(&a)),
+        View::Queue(v) => super::queue::render(v, body),
     }
 }
 
@@ -55,7 +56,7 @@ pub fn api_error(status: u16, body: &str) -> Failure {
     }
 }
 
-fn parse<T: DeserializeOwned>(body: &str) -> Result<T, Failure> {
+pub(super) fn parse<T: DeserializeOwned>(body: &str) -> Result<T, Failure> {
     serde_json::from_str(body).map_err(|e| Failure::Api {
         message: format!("unexpected answer from the admin API: {e}"),
         details: Vec::new(),

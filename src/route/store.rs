@@ -104,6 +104,25 @@ pub enum Change {
     RemoveSchedule {
         id: u64,
     },
+    /// An admin holds a spooled message. The queue changes are audit
+    /// entries only: the spool itself keeps the message's state.
+    QueueHold {
+        id: String,
+    },
+    QueueRelease {
+        id: String,
+    },
+    /// An admin reset `reset` recipients of a spooled message to pending.
+    QueueRetry {
+        id: String,
+        reset: usize,
+    },
+    /// An admin deleted a spooled message, undelivered recipients and all.
+    QueueDelete {
+        id: String,
+        from: String,
+        recipients: Vec<String>,
+    },
 }
 
 /// What `apply` did: the audit entries written (empty if nothing changed)
@@ -374,6 +393,49 @@ impl Writer<'_> {
     }
 }
 
+/// Most recipients named in a queue deletion's audit entry.
+const AUDIT_RECIPIENTS: usize = 10;
+
+/// The audit entry of an admin action on a spooled message:
+/// `(what, old, new)`.
+fn queue_audit(change: &Change) -> Option<(String, Option<String>, Option<String>)> {
+    let what = |id: &str| format!("queue message {id}");
+    let some = |s: &str| Some(s.to_string());
+    Some(match change {
+        Change::QueueHold { id } => (what(id), some("queued"), some("held")),
+        Change::QueueRelease { id } => (what(id), some("held"), some("queued")),
+        Change::QueueRetry { id, reset } => {
+            let s = if *reset == 1 { "" } else { "s" };
+            (
+                what(id),
+                None,
+                Some(format!("retry now ({reset} recipient{s} reset)")),
+            )
+        }
+        Change::QueueDelete {
+            id,
+            from,
+            recipients,
+        } => {
+            let from = if from.is_empty() { "<>" } else { from };
+            let mut to = recipients
+                .iter()
+                .take(AUDIT_RECIPIENTS)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ");
+            if recipients.len() > AUDIT_RECIPIENTS {
+                to.push_str(&format!(
+                    " and {} more",
+                    recipients.len() - AUDIT_RECIPIENTS
+                ));
+            }
+            (what(id), Some(format!("from {from} to {to}")), None)
+        }
+        _ => return None,
+    })
+}
+
 /// Unix seconds as RFC 3339 (UTC), or the number if out of range.
 pub fn rfc3339(unix: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(unix)
@@ -476,6 +538,14 @@ impl StateStore for RedbStore {
             Change::MailboxTempmail { address, until } => w.mailbox_tempmail(address, *until)?,
             Change::AddSchedule { subject, state, at } => w.add_schedule(subject, *state, *at)?,
             Change::RemoveSchedule { id } => w.remove_schedule(*id)?,
+            Change::QueueHold { .. }
+            | Change::QueueRelease { .. }
+            | Change::QueueRetry { .. }
+            | Change::QueueDelete { .. } => {
+                if let Some((what, old, new)) = queue_audit(change) {
+                    w.audit(what, old, new)?;
+                }
+            }
         }
         w.write_audit()?;
         let applied = w.applied;
@@ -549,5 +619,57 @@ mod tests {
         .unwrap();
         assert!(s.mailbox("a@x.example").unwrap().is_none());
         assert_eq!(s.audit(1).unwrap()[0].new, None);
+    }
+
+    #[test]
+    fn queue_actions_are_audited_with_their_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = RedbStore::open(dir.path()).unwrap();
+        let id = "0006123456789abc".to_string();
+        s.apply(&Change::QueueHold { id: id.clone() }, "ops")
+            .unwrap();
+        s.apply(&Change::QueueRelease { id: id.clone() }, "ops")
+            .unwrap();
+        s.apply(
+            &Change::QueueRetry {
+                id: id.clone(),
+                reset: 1,
+            },
+            "noc",
+        )
+        .unwrap();
+        let recipients = (0..12).map(|i| format!("u{i}@x.example")).collect();
+        let delete = Change::QueueDelete {
+            id: id.clone(),
+            from: String::new(),
+            recipients,
+        };
+        assert_eq!(s.apply(&delete, "ops").unwrap().audit.len(), 1);
+        let audit = s.audit(10).unwrap();
+        let shown: Vec<(&str, &str, Option<&str>, Option<&str>)> = audit
+            .iter()
+            .map(|a| {
+                (
+                    a.who.as_str(),
+                    a.what.as_str(),
+                    a.old.as_deref(),
+                    a.new.as_deref(),
+                )
+            })
+            .collect();
+        let what = "queue message 0006123456789abc";
+        assert_eq!(shown[0], ("ops", what, Some("queued"), Some("held")));
+        assert_eq!(shown[1], ("ops", what, Some("held"), Some("queued")));
+        assert_eq!(
+            shown[2],
+            ("noc", what, None, Some("retry now (1 recipient reset)"))
+        );
+        let old = shown[3].2.unwrap();
+        assert!(
+            old.starts_with("from <> to u0@x.example, u1@x.example"),
+            "{old}"
+        );
+        assert!(old.ends_with("u9@x.example and 2 more"), "{old}");
+        assert_eq!(shown[3].3, None);
     }
 }
