@@ -616,7 +616,7 @@ state = "legacy"
             "inbound = \"smtp://mx.new.example\"",
             "inbound = \"imap://mx.new.example\"",
             "backend.new.inbound",
-            "smtp:// or lmtp://",
+            "smtp://, lmtp:// or mx://",
         ),
         (
             "bind = \"127.0.0.1:2525\"",
