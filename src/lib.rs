@@ -15,6 +15,7 @@ pub mod registry;
 pub mod route;
 pub mod secret;
 pub mod server;
+pub mod service;
 pub mod spool;
 
 pub use config::Config;

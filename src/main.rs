@@ -75,6 +75,8 @@ fn serve(cfg: ponte::Config, path: PathBuf) -> ExitCode {
             }
         };
         let shutdown = CancellationToken::new();
+        ponte::service::ready("serving");
+        ponte::service::spawn_watchdog(shutdown.clone());
         tokio::spawn(signals(shutdown.clone()));
         tokio::spawn(reload_on_hangup(server.reload_handle(), path));
         match server.run(shutdown).await {
@@ -98,12 +100,17 @@ async fn reload_on_hangup(handle: ponte::server::ReloadHandle, path: PathBuf) {
         };
         while hup.recv().await.is_some() {
             tracing::info!(file = %path.display(), "SIGHUP: reloading the configuration");
+            ponte::service::reloading();
             let result = match ponte::Config::load(&path) {
                 Ok(cfg) => handle.reload(cfg).await,
                 Err(e) => Err(e.to_string()),
             };
-            if let Err(reason) = result {
-                tracing::warn!(%reason, "reload refused; the configuration in force stays");
+            match result {
+                Ok(()) => ponte::service::reloaded("serving; configuration reloaded"),
+                Err(reason) => {
+                    tracing::warn!(%reason, "reload refused; the configuration in force stays");
+                    ponte::service::reloaded("serving; last reload refused, see the log");
+                }
             }
         }
     }
@@ -121,12 +128,14 @@ async fn signals(shutdown: CancellationToken) {
                 _ = term.recv() => {}
             }
             tracing::info!("shutdown requested");
+            ponte::service::stopping();
             shutdown.cancel();
             return;
         }
     }
     let _ = ctrl_c.await;
     tracing::info!("shutdown requested");
+    ponte::service::stopping();
     shutdown.cancel();
 }
 

@@ -25,17 +25,28 @@ impl Process {
     /// The ports are picked free beforehand, so another process may take
     /// one first: then it tries again with new ones.
     pub fn start(w: &World) -> (Process, BTreeMap<String, SocketAddr>) {
+        Self::start_with_env(w, &[])
+    }
+
+    /// [`Process::start`] with extra environment variables.
+    pub fn start_with_env(
+        w: &World,
+        env: &[(&str, &str)],
+    ) -> (Process, BTreeMap<String, SocketAddr>) {
         for _ in 0..4 {
-            match Self::try_start(w) {
+            match Self::try_start(w, env) {
                 Ok(started) => return started,
                 Err(log) if log.contains("Address already in use") => continue,
                 Err(log) => panic!("ponte did not start:\n{log}"),
             }
         }
-        Self::try_start(w).unwrap_or_else(|log| panic!("ponte did not start:\n{log}"))
+        Self::try_start(w, env).unwrap_or_else(|log| panic!("ponte did not start:\n{log}"))
     }
 
-    fn try_start(w: &World) -> Result<(Process, BTreeMap<String, SocketAddr>), String> {
+    fn try_start(
+        w: &World,
+        env: &[(&str, &str)],
+    ) -> Result<(Process, BTreeMap<String, SocketAddr>), String> {
         let (config, addrs) = w.config_file();
         let log = w.dir.path().join("ponte.log");
         // Set by cargo for tests and benches, not for examples (the demo).
@@ -47,6 +58,7 @@ impl Process {
             .arg(&config)
             .env("PONTE_LOG", "trace")
             .env("NO_COLOR", "1")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(File::create(&log).expect("log file"))
             .spawn()
