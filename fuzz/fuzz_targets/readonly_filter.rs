@@ -33,35 +33,8 @@ use imap_codec::imap_types::fetch::{MacroOrMessageDataItemNames, MessageDataItem
 use imap_codec::CommandCodec;
 use libfuzzer_sys::fuzz_target;
 use ponte::proto::imap::framer::{Frame, Framer};
-use ponte::proto::imap::readonly::{Filter, LiteralVerdict, Verdict};
-
-/// `view::MAX_COMMAND` (the module is private to ponte).
-const MAX_COMMAND: u32 = 64 * 1024;
-
-/// `readonly::READ_COMMANDS` (private to ponte) as imap-codec names them.
-const READ_COMMANDS: &[&str] = &[
-    "CAPABILITY",
-    "NOOP",
-    "LOGOUT",
-    "ID",
-    "ENABLE",
-    "SELECT",
-    "EXAMINE",
-    "LIST",
-    "LSUB",
-    "STATUS",
-    "NAMESPACE",
-    "FETCH",
-    "SEARCH",
-    "SORT",
-    "THREAD",
-    "CHECK",
-    "CLOSE",
-    "UNSELECT",
-    "IDLE",
-    "GETQUOTA",
-    "GETQUOTAROOT",
-];
+use ponte::proto::imap::readonly::{Filter, LiteralVerdict, Verdict, READ_COMMANDS};
+use ponte::proto::imap::MAX_COMMAND;
 
 /// Of those, what may actually reach the backend.
 fn forwardable(name: &str) -> bool {

@@ -10,6 +10,10 @@ mod preauth;
 pub mod readonly;
 mod view;
 
+// For the fuzz target and benches: the read-only view's command limit.
+#[doc(hidden)]
+pub use self::view::MAX_COMMAND;
+
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;

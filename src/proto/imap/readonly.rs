@@ -70,8 +70,10 @@ const KEPT_CAPABILITIES: &[&str] = &[
 ];
 const KEPT_PREFIXES: &[&str] = &["THREAD=", "I18NLEVEL=", "QUOTA=RES-", "AUTH="];
 
-/// Commands the view lets through (as named by imap-codec).
-const READ_COMMANDS: &[&str] = &[
+/// Commands the view lets through (as named by imap-codec). Public for
+/// the fuzz target, which checks what is forwarded against it.
+#[doc(hidden)]
+pub const READ_COMMANDS: &[&str] = &[
     "CAPABILITY",
     "NOOP",
     "LOGOUT",
