@@ -222,6 +222,14 @@ pub struct ListenerConfig {
     /// Domain appended to logins given without `@domain`.
     #[serde(default)]
     pub default_domain: Option<String>,
+    /// Every connection starts with a PROXY protocol header (v1 or v2)
+    /// naming the real client: ponte behind HAProxy or a cloud balancer.
+    #[serde(default)]
+    pub proxy_protocol: bool,
+    /// The balancers' networks: only they may connect to a
+    /// `proxy_protocol` listener (anyone else could claim any address).
+    #[serde(default)]
+    pub proxy_trusted: Vec<ipnet::IpNet>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -376,6 +384,12 @@ impl Config {
                 return Err(ConfigError::invalid(
                     key("view"),
                     "tempmail is a read-only view: imap or pop3 only",
+                ));
+            }
+            if l.proxy_protocol && l.proxy_trusted.is_empty() {
+                return Err(ConfigError::invalid(
+                    key("proxy_trusted"),
+                    "proxy_protocol needs the balancers' networks (e.g. [\"10.0.0.0/24\"])",
                 ));
             }
             if let Some(d) = &l.default_domain {

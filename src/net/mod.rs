@@ -6,5 +6,6 @@ pub mod bridge;
 pub mod dns;
 pub mod listener;
 pub mod per_ip;
+pub mod proxy_header;
 pub mod stream;
 pub mod tls;
