@@ -8,4 +8,5 @@ pub mod listener;
 pub mod per_ip;
 pub mod proxy_header;
 pub mod stream;
+pub mod throttle;
 pub mod tls;
