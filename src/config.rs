@@ -152,6 +152,38 @@ pub struct Limits {
     pub auth_failure_delay: Duration,
     /// Largest message inbound SMTP accepts (advertised as `SIZE`).
     pub max_message_size: u64,
+    /// Failed-login throttling per client address and per account.
+    pub throttle: ThrottleConfig,
+}
+
+/// `[limits.throttle]`: see `net::throttle`. Failures are scored per
+/// address and per account, halving every `window / 2`; past `delay_after`
+/// a failed login is answered after `auth_failure_delay`, doubling per
+/// further failure up to `max_delay`; at `refuse_after` (address) or
+/// `account_refuse_after` (account, except from addresses that logged in
+/// to it before) logins are refused for a while without asking a backend.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ThrottleConfig {
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    pub delay_after: u32,
+    #[serde(with = "humantime_serde")]
+    pub max_delay: Duration,
+    pub refuse_after: u32,
+    pub account_refuse_after: u32,
+}
+
+impl Default for ThrottleConfig {
+    fn default() -> Self {
+        ThrottleConfig {
+            window: Duration::from_secs(15 * 60),
+            delay_after: 3,
+            max_delay: Duration::from_secs(15),
+            refuse_after: 30,
+            account_refuse_after: 50,
+        }
+    }
 }
 
 impl Default for Limits {
@@ -168,6 +200,7 @@ impl Default for Limits {
             max_message_size: 50 * 1024 * 1024,
             max_auth_failures: 3,
             auth_failure_delay: Duration::from_secs(2),
+            throttle: ThrottleConfig::default(),
         }
     }
 }

@@ -23,6 +23,7 @@ use crate::error::{ConfigError, ServerError};
 use crate::net::backend::{self, Backends};
 use crate::net::dns::{Dns, DnsOptions};
 use crate::net::listener;
+use crate::net::throttle::{Policy, Throttle};
 use crate::registry::Registry;
 use crate::route::{import_seed, RedbStore, Router, StateStore};
 use crate::spool::{self, worker, Spool};
@@ -45,6 +46,9 @@ pub struct Ctx {
     pub inbound: Inbound,
     /// For MX lookups; `None` if no name server is known.
     pub dns: Option<Dns>,
+    /// Failed-login throttling, shared by all generations (its policy is
+    /// the one ponte started with).
+    pub throttle: Arc<Throttle>,
 }
 
 /// What inbound SMTP shares with the delivery worker.
@@ -73,6 +77,7 @@ impl Ctx {
         registry: Arc<Registry>,
         hard_stop: CancellationToken,
         inbound: Inbound,
+        throttle: Arc<Throttle>,
     ) -> Result<Ctx, ServerError> {
         // Everything that can fail is loaded before the router brings the
         // store's domain states in line with the file: a refused reload
@@ -96,6 +101,7 @@ impl Ctx {
             tls,
             hard_stop,
             inbound,
+            throttle,
         })
     }
 }
@@ -209,12 +215,14 @@ impl Server {
             spool: open_spool(&config)?,
             wake: Arc::new(Notify::new()),
         };
+        let throttle = Arc::new(Throttle::new(Policy::from_limits(&config.limits)));
         let ctx = Ctx::build(
             config,
             store,
             Registry::new(),
             CancellationToken::new(),
             inbound,
+            throttle,
         )?;
         let current = Arc::new(ArcSwap::from_pointee(ctx));
         Ok(Server {
@@ -427,6 +435,7 @@ impl Running {
             old.registry.clone(),
             old.hard_stop.clone(),
             old.inbound.clone(),
+            old.throttle.clone(),
         )
         .map_err(|e| e.to_string())?;
         let keep: Vec<String> = ctx.listeners.keys().cloned().collect();

@@ -37,6 +37,22 @@ pub struct Policy {
     pub max_entries: usize,
 }
 
+impl Policy {
+    /// The policy `[limits]` sets: the first delay is `auth_failure_delay`.
+    pub fn from_limits(limits: &crate::config::Limits) -> Policy {
+        let t = &limits.throttle;
+        Policy {
+            window: t.window,
+            delay_after: f64::from(t.delay_after),
+            base_delay: limits.auth_failure_delay,
+            max_delay: t.max_delay,
+            refuse_after: f64::from(t.refuse_after),
+            account_refuse_after: f64::from(t.account_refuse_after),
+            max_entries: 100_000,
+        }
+    }
+}
+
 impl Default for Policy {
     fn default() -> Self {
         Policy {

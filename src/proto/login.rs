@@ -3,10 +3,15 @@
 //! session so that a flip can reach it, count the outcome. The protocols
 //! only phrase the answers in their own words.
 
+use std::net::IpAddr;
+use std::time::Duration;
+
 use tracing::{info, warn};
 
+use crate::net::throttle::Gate;
+
 use crate::registry::{Info, Registration};
-use crate::route::{Route, RouteError, Target};
+use crate::route::{normalize, Route, RouteError, Target};
 use crate::secret::Credentials;
 use crate::server::{ConnInfo, Ctx};
 
@@ -16,6 +21,79 @@ pub enum Denied {
     UnknownDomain,
     /// The state store failed: a temporary error.
     Unavailable,
+}
+
+/// Too many failed logins from this address or for this account: refused
+/// for a while, temporarily, without asking a backend.
+pub struct Throttled;
+
+/// A login attempt the throttle let through; its outcome is reported
+/// back with [`Ticket::failed`] or [`Ticket::succeeded`].
+pub struct Ticket<'a> {
+    ctx: &'a Ctx,
+    ip: IpAddr,
+    account: String,
+    delay: Duration,
+}
+
+/// Asks the throttle about a login as `user` from this connection's
+/// client address.
+pub fn gate<'a>(user: &str, conn: &ConnInfo, ctx: &'a Ctx) -> Result<Ticket<'a>, Throttled> {
+    let ip = conn.peer.ip().to_canonical();
+    let default_domain = conn.listener.default_domain.as_deref();
+    let account = normalize(user, default_domain).unwrap_or_else(|| user.to_ascii_lowercase());
+    match ctx.throttle.check(ip, &account) {
+        Gate::Try { delay_on_failure } => Ok(Ticket {
+            ctx,
+            ip,
+            account,
+            delay: delay_on_failure,
+        }),
+        Gate::Refuse => {
+            info!(outcome = "throttled", "login refused: too many failures");
+            count(conn, "throttled");
+            Err(Throttled)
+        }
+    }
+}
+
+/// Runs one login `attempt` as `user` under the throttle: refused at once
+/// with `throttled()` if the address or account is over its limit; a
+/// failure (`is_failure`) is recorded and answered after the throttle's
+/// delay, a success clears the way for this address.
+pub async fn throttled<T, E>(
+    user: &str,
+    conn: &ConnInfo,
+    ctx: &Ctx,
+    throttled: impl FnOnce() -> E,
+    attempt: impl std::future::Future<Output = Result<T, E>>,
+    is_failure: impl Fn(&E) -> bool,
+) -> Result<T, E> {
+    let Ok(ticket) = gate(user, conn, ctx) else {
+        return Err(throttled());
+    };
+    let result = attempt.await;
+    match &result {
+        Ok(_) => ticket.succeeded(),
+        Err(e) if is_failure(e) => ticket.failed().await,
+        Err(_) => {}
+    }
+    result
+}
+
+impl Ticket<'_> {
+    /// The login failed (wrong password, unknown domain or user): counted,
+    /// and answered only after the throttle's delay.
+    pub async fn failed(self) {
+        self.ctx.throttle.failed(self.ip, &self.account);
+        if !self.delay.is_zero() {
+            tokio::time::sleep(self.delay).await;
+        }
+    }
+
+    pub fn succeeded(self) {
+        self.ctx.throttle.succeeded(self.ip, &self.account);
+    }
 }
 
 /// The route of a login on this listener. An unknown domain is answered

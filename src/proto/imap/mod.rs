@@ -89,7 +89,17 @@ async fn authenticate(
         let Some(attempt) = front.next_login().await? else {
             return Ok(None);
         };
-        match try_login(attempt, front, conn, ctx).await {
+        let user = attempt.creds.user.clone();
+        let tag = attempt.tag.clone();
+        let login = login::throttled(
+            &user,
+            conn,
+            ctx,
+            || Refusal::Failed(format!("{tag} {THROTTLED}")),
+            try_login(attempt, front, conn, ctx),
+            |r| matches!(r, Refusal::Failed(_)),
+        );
+        match login.await {
             Ok(session) => return Ok(Some(session)),
             Err(Refusal::Retry(text)) => front.write(text.as_bytes()).await?,
             Err(Refusal::Failed(text)) => {
@@ -107,6 +117,8 @@ async fn authenticate(
 }
 
 const AUTH_FAILED: &str = "NO [AUTHENTICATIONFAILED] Authentication failed.\r\n";
+/// RFC 5530: a temporary condition; the client may try again later.
+const THROTTLED: &str = "NO [UNAVAILABLE] Too many failed logins, try again in a few minutes.\r\n";
 const UNAVAILABLE: &str =
     "NO [UNAVAILABLE] Mail server temporarily unavailable, try again later.\r\n";
 

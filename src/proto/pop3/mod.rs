@@ -25,6 +25,9 @@ use crate::server::{ConnInfo, Ctx};
 
 const UNAVAILABLE: &str =
     "-ERR [SYS/TEMP] Mail server temporarily unavailable, try again later.\r\n";
+/// RFC 3206: `[SYS/TEMP]`, a temporary condition not the user's fault to
+/// fix by retyping (`[AUTH]` would invite another try at once).
+const THROTTLED: &str = "-ERR [SYS/TEMP] Too many failed logins, try again in a few minutes.\r\n";
 
 struct Session {
     route: Route,
@@ -94,7 +97,16 @@ async fn authenticate(
         let Some(creds) = front.next_login().await? else {
             return Ok(None);
         };
-        match try_login(creds, conn, ctx).await {
+        let user = creds.user.clone();
+        let login = login::throttled(
+            &user,
+            conn,
+            ctx,
+            || Refusal::failed(THROTTLED),
+            try_login(creds, conn, ctx),
+            |r| r.failed,
+        );
+        match login.await {
             Ok(s) => return Ok(Some(s)),
             Err(r) => {
                 front.write(r.line.as_bytes()).await?;

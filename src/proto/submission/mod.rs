@@ -46,6 +46,8 @@ enum Refusal {
 
 const AUTH_OK: &[u8] = b"235 2.7.0 Authentication successful\r\n";
 const TEMP_FAILURE: &str = "454 4.7.0 Temporary authentication failure\r\n";
+/// RFC 4954 §6: 454 4.7.0 is the temporary authentication failure.
+const THROTTLED: &str = "454 4.7.0 Too many failed authentications, try again in a few minutes\r\n";
 /// Said during a blackout when no notice is configured.
 const BLACKOUT_NOTICE: &str = "This mailbox is being moved to a new provider and cannot send \
      until the move is complete; your message stays in your outbox and will be sent later.";
@@ -82,7 +84,16 @@ async fn authenticate(
         let Some(attempt) = front.next_login().await? else {
             return Ok(None);
         };
-        match try_login(attempt, front, conn, ctx).await {
+        let user = attempt.creds.user.clone();
+        let login = login::throttled(
+            &user,
+            conn,
+            ctx,
+            || Refusal::Failed(THROTTLED.into()),
+            try_login(attempt, front, conn, ctx),
+            |r| matches!(r, Refusal::Failed(_)),
+        );
+        match login.await {
             Ok(session) => return Ok(Some(session)),
             Err(Refusal::Retry(text)) => front.write(text.as_bytes()).await?,
             Err(Refusal::Failed(text)) => {
