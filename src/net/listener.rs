@@ -2,6 +2,7 @@
 //! permit, opens the session span and spawns; the TLS handshake and all
 //! protocol work happen inside the session task, under its timeouts.
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -16,6 +17,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
 
 use super::per_ip::{IpSlot, PerIp};
+use super::proxy_header::{self, Origin};
 use super::stream::Stream;
 use crate::config::{ListenerConfig, TlsMode};
 use crate::proto;
@@ -57,26 +59,84 @@ impl Listener {
             let Some(cfg) = ctx.listeners.get(&self.name).cloned() else {
                 continue;
             };
+            if cfg.proxy_protocol {
+                self.accept_proxied(tcp, peer, cfg, ctx);
+                continue;
+            }
             let permit = self.permits.clone().try_acquire_owned().ok();
             let Some(slots) = permit.zip(self.per_ip.acquire(peer.ip())) else {
                 self.sessions.spawn(refuse_over_limit(tcp, cfg));
                 continue;
             };
-            let conn = ConnInfo {
-                id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-                accepted: tokio::time::Instant::now(),
-                peer,
-                local: tcp.local_addr().unwrap_or(peer),
-                listener: cfg,
-            };
-            let span = tracing::info_span!(
-                "session", id = conn.id, listener = %self.name, peer = %peer,
-                mailbox = tracing::field::Empty, route = tracing::field::Empty,
-            );
+            let local = tcp.local_addr().unwrap_or(peer);
+            let (conn, span) = session(&self.name, cfg, peer, local, tokio::time::Instant::now());
             self.sessions
                 .spawn(handle(tcp, conn, ctx, slots).instrument(span));
         }
     }
+
+    /// A connection to a PROXY protocol listener: only from a trusted
+    /// balancer; the header (read in the task, under the pre-auth
+    /// deadline) names the client, whose address the per-address limit,
+    /// the logs and the backends then see.
+    fn accept_proxied(
+        &self,
+        mut tcp: TcpStream,
+        peer: SocketAddr,
+        cfg: Arc<ListenerConfig>,
+        ctx: Arc<Ctx>,
+    ) {
+        if !proxy_header::trusted(peer.ip(), &cfg.proxy_trusted) {
+            warn!(listener = %self.name, %peer, "connection refused: not a trusted proxy");
+            return;
+        }
+        let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+            self.sessions.spawn(refuse_over_limit(tcp, cfg));
+            return;
+        };
+        let (name, per_ip) = (self.name.clone(), self.per_ip.clone());
+        let accepted = tokio::time::Instant::now();
+        let deadline = accepted + ctx.config.limits.preauth_timeout;
+        self.sessions.spawn(async move {
+            let local = tcp.local_addr().unwrap_or(peer);
+            let (client, local) = match proxy_header::read(&mut tcp, deadline).await {
+                Ok(Origin::Proxied { client, local }) => (client, local),
+                Ok(Origin::Direct) => (peer, local),
+                Err(e) => {
+                    info!(listener = %name, %peer, error = %e, "connection closed: bad PROXY header");
+                    return;
+                }
+            };
+            let Some(slot) = per_ip.acquire(client.ip()) else {
+                refuse_over_limit(tcp, cfg).await;
+                return;
+            };
+            let (conn, span) = session(&name, cfg, client, local, accepted);
+            handle(tcp, conn, ctx, (permit, slot)).instrument(span).await;
+        });
+    }
+}
+
+/// A connection's identity and its log span.
+fn session(
+    listener: &str,
+    cfg: Arc<ListenerConfig>,
+    peer: SocketAddr,
+    local: SocketAddr,
+    accepted: tokio::time::Instant,
+) -> (ConnInfo, tracing::Span) {
+    let conn = ConnInfo {
+        id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+        accepted,
+        peer,
+        local,
+        listener: cfg,
+    };
+    let span = tracing::info_span!(
+        "session", id = conn.id, listener = %listener, peer = %peer,
+        mailbox = tracing::field::Empty, route = tracing::field::Empty,
+    );
+    (conn, span)
 }
 
 /// One connection from accept to close.
