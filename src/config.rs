@@ -263,6 +263,10 @@ pub struct ListenerConfig {
     /// `proxy_protocol` listener (anyone else could claim any address).
     #[serde(default)]
     pub proxy_trusted: Vec<ipnet::IpNet>,
+    /// Offer XOAUTH2 and OAUTHBEARER: the client's bearer token goes to the
+    /// backend as given, which must accept it (Dovecot: an oauth2 passdb).
+    #[serde(default)]
+    pub oauth: bool,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

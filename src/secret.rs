@@ -39,6 +39,21 @@ pub struct Credentials {
     /// authorization identity, RFC 4616): ponte's own master-user login.
     /// Always `None` for a client's login.
     pub authzid: Option<String>,
+    /// What `password` is: a password, or an OAuth 2.0 bearer token the
+    /// backend checks with its identity provider (passed on as given).
+    pub kind: SecretKind,
+}
+
+/// The kind of secret a login carries, and so the SASL mechanism ponte
+/// uses towards the backend.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SecretKind {
+    #[default]
+    Password,
+    /// Google's and Microsoft's XOAUTH2.
+    XOAuth2,
+    /// RFC 7628 OAUTHBEARER.
+    OAuthBearer,
 }
 
 #[cfg(test)]
@@ -51,6 +66,7 @@ mod tests {
             user: "alice@pec.example".into(),
             password: Secret::new(b"hunter2".to_vec()),
             authzid: None,
+            kind: SecretKind::Password,
         };
         let shown = format!("{c:?} {}", c.password);
         assert!(!shown.contains("hunter2"));

@@ -15,7 +15,7 @@ use tokio_rustls::{rustls::ClientConfig, TlsConnector};
 use super::stream::Stream;
 use crate::config::{BackendConfig, Protocol};
 use crate::error::{BackendError, ConfigError};
-use crate::secret::{Credentials, Secret};
+use crate::secret::{Credentials, Secret, SecretKind};
 
 /// Where one protocol of a backend listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -150,6 +150,7 @@ fn check_login(name: &str, b: &BackendConfig) -> Result<Option<Credentials>, Con
         user: user.clone(),
         password: Secret::new(text),
         authzid: None,
+        kind: SecretKind::Password,
     }))
 }
 

@@ -143,6 +143,7 @@ pub fn backend_credentials(route: &Route, creds: Credentials) -> Credentials {
         user: route.address.clone(),
         password: creds.password,
         authzid: None,
+        kind: creds.kind,
     }
 }
 

@@ -56,6 +56,9 @@ pub struct DovecotOptions {
     pub tls: Option<(PathBuf, PathBuf)>,
     /// Where the submission service relays; `None`: a port nothing listens on.
     pub relay: Option<SocketAddr>,
+    /// An OAuth 2.0 token introspection URL: XOAUTH2 and OAUTHBEARER logins
+    /// are checked there (oauth2 passdb, `introspection_mode = post`).
+    pub oauth_introspection: Option<String>,
 }
 
 impl DovecotOptions {
@@ -400,6 +403,16 @@ fn prepare_dir(root: &Path, opts: &DovecotOptions, ports: &Ports, greeting: &str
         .map(|(u, p)| format!("{}:{{PLAIN}}{p}::::::\n", u.to_lowercase()))
         .collect();
     fs::write(root.join("users"), users).expect("write users");
+    if let Some(url) = &opts.oauth_introspection {
+        fs::write(
+            root.join("oauth2.conf"),
+            format!(
+                "introspection_mode = post\nintrospection_url = {url}\n\
+                 username_attribute = username\nactive_attribute = active\nactive_value = true\n"
+            ),
+        )
+        .expect("write oauth2.conf");
+    }
     fs::write(
         root.join("masters"),
         format!("{CHECK_USER}:{{PLAIN}}{CHECK_PASSWORD}::::::\n"),
@@ -451,7 +464,7 @@ login_greeting = {greeting}
 # Tests speak plaintext on loopback; a proxy forwards the client IP (IMAP ID,
 # XCLIENT), which Dovecot accepts only from trusted networks.
 disable_plaintext_auth = no
-auth_mechanisms = plain login
+auth_mechanisms = plain login{oauth_mechs}
 login_trusted_networks = 127.0.0.0/8 ::1
 auth_verbose = yes
 # Wrong-password tests should not sleep 2 s each (see also the passdbs).
@@ -486,6 +499,7 @@ passdb {{
   pass = yes
   args = scheme=PLAIN {d}/masters
 }}
+{oauth}
 userdb {{
   driver = passwd-file
   args = username_format=%Lu {d}/users
@@ -527,6 +541,12 @@ service lmtp {{
 }}
 "#,
         id = dir_id(root),
+        oauth = if opts.oauth_introspection.is_some() {
+            format!("passdb {{\n  driver = oauth2\n  mechanisms = xoauth2 oauthbearer\n  args = {d}/oauth2.conf\n}}")
+        } else {
+            String::new()
+        },
+        oauth_mechs = if opts.oauth_introspection.is_some() { " xoauth2 oauthbearer" } else { "" },
         relay_ip = ports.relay.ip(),
         relay_port = ports.relay.port(),
         imap = ports.imap,

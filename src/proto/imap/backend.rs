@@ -188,22 +188,35 @@ impl Conn<'_> {
         if has("ID") || caps.is_empty() {
             out.extend_from_slice(id_command(client).as_bytes());
         }
-        let plain = sasl::encode_plain(creds);
+        let (mechanism, response) = sasl::initial_response(creds);
         let sasl_ir = has("SASL-IR");
         if sasl_ir {
             out.extend_from_slice(
-                format!("p2 AUTHENTICATE PLAIN {}\r\n", b64(plain.expose())).as_bytes(),
+                format!("p2 AUTHENTICATE {mechanism} {}\r\n", b64(response.expose())).as_bytes(),
             );
         } else {
-            out.extend_from_slice(b"p2 AUTHENTICATE PLAIN\r\n");
+            out.extend_from_slice(format!("p2 AUTHENTICATE {mechanism}\r\n").as_bytes());
         }
         self.send(&out).await?;
         let mut alerts = Vec::new();
+        let mut sent = sasl_ir;
         let (kind, reply) = loop {
             self.read_message().await?;
             let msg = self.framer.message();
-            if msg.starts_with(b"+") && !sasl_ir {
-                let line = format!("{}\r\n", b64(plain.expose()));
+            if msg.starts_with(b"+") {
+                // The first challenge asks for the response; after it, an
+                // OAuth server's challenge is its error (JSON), answered
+                // so that the tagged NO follows (RFC 7628 §3.2.3).
+                let answer = if sent {
+                    sasl::oauth_abort(creds.kind)
+                } else {
+                    response.expose()
+                };
+                if sent && creds.kind == crate::secret::SecretKind::Password {
+                    return Err(self.backend.protocol_error("unexpected SASL challenge"));
+                }
+                sent = true;
+                let line = format!("{}\r\n", b64(answer));
                 self.send(line.as_bytes()).await?;
                 continue;
             }

@@ -23,7 +23,7 @@ use super::framer::{Frame, Framer};
 use crate::error::BackendError;
 use crate::net::backend::Backend;
 use crate::net::stream::Stream;
-use crate::secret::Credentials;
+use crate::secret::{Credentials, SecretKind};
 
 /// Search responses list UIDs; 1 MiB is ~100k of them, more than an
 /// INBOX matching one trace id can hold.
@@ -55,6 +55,7 @@ pub async fn find_trace(
         user: master.user.clone(),
         password: master.password.clone(),
         authzid: Some(mailbox.to_string()),
+        kind: SecretKind::Password,
     };
     let nowhere = SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0));
     let client = ClientInfo {

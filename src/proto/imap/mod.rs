@@ -63,6 +63,7 @@ pub async fn serve(stream: Stream, conn: &ConnInfo, ctx: &Ctx) -> Outcome {
     // One deadline for everything before login, the TLS handshake included.
     let deadline = conn.accepted + limits.preauth_timeout;
     let mut front = Front::new(stream, policy, deadline, limits.max_preauth_bytes);
+    front.oauth = conn.listener.oauth;
     // Boxed: the login phase's state (parsers, backend login) is several
     // KiB; on the heap it is freed once logged in, instead of sizing the
     // task of every idle session for it.

@@ -66,6 +66,8 @@ pub struct Front {
     budget: usize,
     /// The client's own `ID` fields, passed on to the backend.
     pub client_id: Vec<(String, String)>,
+    /// Offer and take XOAUTH2 and OAUTHBEARER (the listener's `oauth`).
+    pub oauth: bool,
 }
 
 const MAX_ID_FIELDS: usize = 30;
@@ -81,6 +83,7 @@ impl Front {
             // Room for a handful of commands at the size limit, no more.
             budget: max_message as usize * 4,
             client_id: Vec::new(),
+            oauth: false,
         }
     }
 
@@ -106,6 +109,9 @@ impl Front {
             caps.push_str(" STARTTLS LOGINDISABLED");
         } else {
             caps.push_str(" AUTH=PLAIN AUTH=LOGIN");
+            if self.oauth {
+                caps.push_str(" AUTH=XOAUTH2 AUTH=OAUTHBEARER");
+            }
         }
         caps
     }
@@ -304,6 +310,8 @@ impl Front {
                 let mech = match mechanism {
                     AuthMechanism::Plain => Some(Mechanism::Plain),
                     AuthMechanism::Login => Some(Mechanism::Login),
+                    AuthMechanism::XOAuth2 if self.oauth => Some(Mechanism::XOAuth2),
+                    AuthMechanism::OAuthBearer if self.oauth => Some(Mechanism::OAuthBearer),
                     _ => None,
                 };
                 self.authenticate(tag, mech, ir).await
@@ -407,6 +415,16 @@ impl Front {
                     return self.cancelled(tag).await;
                 };
                 sasl::credentials(&user, &pass).map_err(|_| ())
+            }
+            Mechanism::XOAuth2 | Mechanism::OAuthBearer => {
+                let Some(data) = self.sasl_step(ir, "").await? else {
+                    return self.cancelled(tag).await;
+                };
+                if mech == Mechanism::XOAuth2 {
+                    sasl::decode_xoauth2(&data).map_err(|_| ())
+                } else {
+                    sasl::decode_oauthbearer(&data).map_err(|_| ())
+                }
             }
         };
         self.login(tag, creds).await
