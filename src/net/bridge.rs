@@ -153,8 +153,11 @@ where
     }
 }
 
-// Large enough that a big FETCH moves in few syscalls (and whole TLS records).
-const SCRATCH_SIZE: usize = 64 * 1024;
+// Large enough that a big FETCH moves in few syscalls (and whole TLS
+// records): a backend that outruns its client leaves far more than 64 KiB
+// queued on loopback, and each read then takes 256 KiB at once. One per
+// worker thread, so its size does not grow with the sessions.
+const SCRATCH_SIZE: usize = 256 * 1024;
 
 thread_local! {
     static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; SCRATCH_SIZE].into_boxed_slice());

@@ -319,6 +319,15 @@ fn status_kind(tail: &[u8]) -> Option<StatusKind> {
 /// An untagged status with an `[ALERT]` (RFC 9051 §7.1: must be shown to
 /// the user), which the client gets with the login's answer.
 fn is_alert(msg: &[u8]) -> bool {
+    // Most untagged replies (`* ID …`, `* CAPABILITY …`) have no code at
+    // all: look for the word before paying for a full parse.
+    const ALERT: &[u8] = b"[ALERT]";
+    if !msg
+        .windows(ALERT.len())
+        .any(|w| w.eq_ignore_ascii_case(ALERT))
+    {
+        return false;
+    }
     matches!(
         imap_codec::decode::Decoder::decode(&ResponseCodec::default(), msg),
         Ok((_, Response::Status(Status::Untagged(body)))) if matches!(body.code, Some(Code::Alert))
@@ -338,57 +347,79 @@ pub fn capabilities_of(tail: &[u8]) -> Vec<String> {
     }
 }
 
+/// Whether a tagged reply (`OK [CAPABILITY …] …`) names the capabilities.
+/// Read from the bytes: a full parse of Dovecot's thirty capabilities was
+/// the costliest step of a login. Only atoms pass (RFC 9051 `capability`),
+/// so the client never gets a code the parser would have refused.
 fn has_capability_code(tail: &[u8]) -> bool {
-    let mut line = b"t ".to_vec();
-    line.extend_from_slice(tail);
-    matches!(
-        imap_codec::decode::Decoder::decode(&ResponseCodec::default(), &line),
-        Ok((_, Response::Status(Status::Tagged(t)))) if matches!(t.body.code, Some(Code::Capability(_)))
-    )
+    const CODE: &[u8] = b"[CAPABILITY ";
+    let Some(sp) = tail.iter().position(|&b| b == b' ') else {
+        return false;
+    };
+    let rest = &tail[sp + 1..];
+    if rest.len() < CODE.len() || !rest[..CODE.len()].eq_ignore_ascii_case(CODE) {
+        return false;
+    }
+    let rest = &rest[CODE.len()..];
+    let Some(end) = rest.iter().position(|&b| b == b']') else {
+        return false;
+    };
+    let caps = &rest[..end];
+    caps.split(|&b| b == b' ')
+        .all(|atom| !atom.is_empty() && atom.iter().all(|&b| is_atom_char(b)))
+}
+
+/// RFC 9051 `ATOM-CHAR`: printable ASCII but the atom specials.
+fn is_atom_char(b: u8) -> bool {
+    (0x21..0x7f).contains(&b) && !b"(){%*\"\\]".contains(&b)
 }
 
 /// `ID` with the client's own fields and its address (Dovecot's
 /// `x-originating-ip` family, RFC 2971 leaves `x-` keys to servers).
+/// Built in one buffer: it is written on every login.
 fn id_command(client: &ClientInfo<'_>) -> String {
-    let mut fields = vec![
-        ("x-originating-ip".to_string(), client.peer.ip().to_string()),
-        (
-            "x-originating-port".to_string(),
-            client.peer.port().to_string(),
-        ),
-        ("x-connected-ip".to_string(), client.local.ip().to_string()),
-        (
-            "x-connected-port".to_string(),
-            client.local.port().to_string(),
-        ),
-        ("x-session-ext-id".to_string(), client.session.to_string()),
+    let ours = [
+        ("x-originating-ip", client.peer.ip().to_string()),
+        ("x-originating-port", client.peer.port().to_string()),
+        ("x-connected-ip", client.local.ip().to_string()),
+        ("x-connected-port", client.local.port().to_string()),
     ];
-    fields.extend(client.id.iter().cloned());
-    let body: Vec<String> = fields
+    let fields = ours
         .iter()
+        .map(|(k, v)| (*k, v.as_str()))
+        .chain([("x-session-ext-id", client.session)])
+        .chain(client.id.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         // Defence in depth: nothing but printable ASCII goes into the line.
-        .filter(|(k, v)| printable(k) && printable(v))
-        .map(|(k, v)| format!("{} {}", quote(k), quote(v)))
-        .collect();
-    format!("p1 ID ({})\r\n", body.join(" "))
+        .filter(|(k, v)| printable(k) && printable(v));
+    let mut line = String::with_capacity(256);
+    line.push_str("p1 ID (");
+    for (i, (k, v)) in fields.enumerate() {
+        if i > 0 {
+            line.push(' ');
+        }
+        quote_into(&mut line, k);
+        line.push(' ');
+        quote_into(&mut line, v);
+    }
+    line.push_str(")\r\n");
+    line
 }
 
 fn printable(s: &str) -> bool {
     s.bytes().all(|b| (0x20..0x7f).contains(&b))
 }
 
-/// An IMAP quoted string (RFC 9051 `quoted`): backslash and quote escaped.
-fn quote(s: &str) -> String {
-    let mut q = String::with_capacity(s.len() + 2);
-    q.push('"');
+/// Appends an IMAP quoted string (RFC 9051 `quoted`): backslash and quote
+/// escaped.
+fn quote_into(out: &mut String, s: &str) {
+    out.push('"');
     for c in s.chars() {
         if c == '"' || c == '\\' {
-            q.push('\\');
+            out.push('\\');
         }
-        q.push(c);
+        out.push(c);
     }
-    q.push('"');
-    q
+    out.push('"');
 }
 
 #[cfg(test)]
@@ -416,6 +447,23 @@ mod tests {
                 && !line.contains("p9")
                 && !line.contains("p8")
         );
+    }
+
+    #[test]
+    fn capability_code_is_read_from_the_bytes() {
+        assert!(has_capability_code(
+            b"OK [CAPABILITY IMAP4rev1 SASL-IR AUTH=PLAIN] Logged in\r\n"
+        ));
+        assert!(has_capability_code(b"ok [capability IMAP4rev1] x\r\n"));
+        assert!(!has_capability_code(b"OK Logged in\r\n"));
+        assert!(!has_capability_code(b"OK [ALERT] [CAPABILITY X]\r\n"));
+        assert!(!has_capability_code(b"OK [CAPABILITY] x\r\n"));
+        assert!(!has_capability_code(b"OK [CAPABILITY A  B] x\r\n"));
+        assert!(!has_capability_code(b"OK [CAPABILITY A (B] x\r\n"));
+        assert!(!has_capability_code(b"OK [CAPABILITY IMAP4rev1\r\n"));
+        assert!(is_alert(b"* OK [ALERT] Mailbox almost full\r\n"));
+        assert!(!is_alert(b"* ID (\"name\" \"Dovecot\")\r\n"));
+        assert!(!is_alert(b"* NO [ALERT\r\n"));
     }
 
     #[test]
