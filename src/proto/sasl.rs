@@ -67,7 +67,11 @@ pub fn decode_oauthbearer(data: &[u8]) -> Result<Credentials, SaslError> {
         .strip_prefix("a=")
         .map(|u| u.replace("=2C", ",").replace("=3D", "="));
     let token = rest.split(|&b| b == 1).find_map(bearer);
-    oauth_credentials(user.as_deref().map(str::as_bytes), token, SecretKind::OAuthBearer)
+    oauth_credentials(
+        user.as_deref().map(str::as_bytes),
+        token,
+        SecretKind::OAuthBearer,
+    )
 }
 
 fn bearer(field: &[u8]) -> Option<&[u8]> {
@@ -171,23 +175,41 @@ mod tests {
     #[test]
     fn oauth_responses_round_trip_and_malformed_ones_are_refused() {
         let x = decode_xoauth2(b"user=alice@pec.example\x01auth=Bearer ya29.tok\x01\x01").unwrap();
-        assert_eq!((x.user.as_str(), x.kind), ("alice@pec.example", SecretKind::XOAuth2));
+        assert_eq!(
+            (x.user.as_str(), x.kind),
+            ("alice@pec.example", SecretKind::XOAuth2)
+        );
         assert_eq!(x.password.expose(), b"ya29.tok");
         let (mech, ir) = initial_response(&x);
         assert_eq!(mech, "XOAUTH2");
-        assert_eq!(decode_xoauth2(ir.expose()).unwrap().password.expose(), b"ya29.tok");
+        assert_eq!(
+            decode_xoauth2(ir.expose()).unwrap().password.expose(),
+            b"ya29.tok"
+        );
 
-        let o = decode_oauthbearer(b"n,a=bob=2Cx@pec.example,\x01host=imap\x01port=993\x01auth=Bearer eyJ.a.b\x01\x01").unwrap();
-        assert_eq!((o.user.as_str(), o.kind), ("bob,x@pec.example", SecretKind::OAuthBearer));
+        let o = decode_oauthbearer(
+            b"n,a=bob=2Cx@pec.example,\x01host=imap\x01port=993\x01auth=Bearer eyJ.a.b\x01\x01",
+        )
+        .unwrap();
+        assert_eq!(
+            (o.user.as_str(), o.kind),
+            ("bob,x@pec.example", SecretKind::OAuthBearer)
+        );
         let (mech, ir) = initial_response(&o);
         assert_eq!(mech, "OAUTHBEARER");
         let back = decode_oauthbearer(ir.expose()).unwrap();
-        assert_eq!((back.user, back.password.expose().clone()), (o.user.clone(), b"eyJ.a.b".to_vec()));
+        assert_eq!(
+            (back.user, back.password.expose().clone()),
+            (o.user.clone(), b"eyJ.a.b".to_vec())
+        );
 
         assert!(decode_xoauth2(b"auth=Bearer t\x01\x01").is_err(), "no user");
         assert!(decode_xoauth2(b"user=a@b\x01\x01").is_err(), "no token");
         assert!(decode_xoauth2(b"user=a@b\x01auth=Bearer t\r\nA1 LOGOUT\x01\x01").is_err());
-        assert!(decode_oauthbearer(b"n,,\x01auth=Bearer t\x01\x01").is_err(), "no user to route by");
+        assert!(
+            decode_oauthbearer(b"n,,\x01auth=Bearer t\x01\x01").is_err(),
+            "no user to route by"
+        );
         assert!(decode_oauthbearer(b"p=tls-unique,a=a@b,\x01auth=Bearer t\x01\x01").is_err());
     }
 

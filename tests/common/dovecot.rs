@@ -546,7 +546,11 @@ service lmtp {{
         } else {
             String::new()
         },
-        oauth_mechs = if opts.oauth_introspection.is_some() { " xoauth2 oauthbearer" } else { "" },
+        oauth_mechs = if opts.oauth_introspection.is_some() {
+            " xoauth2 oauthbearer"
+        } else {
+            ""
+        },
         relay_ip = ports.relay.ip(),
         relay_port = ports.relay.port(),
         imap = ports.imap,

@@ -15,7 +15,7 @@ use crate::error::BackendError;
 use crate::net::backend::Backend;
 use crate::net::stream::Stream;
 use crate::proto::sasl;
-use crate::secret::Credentials;
+use crate::secret::{Credentials, SecretKind};
 
 pub enum Login {
     /// Logged in: the stream, the backend's `+OK` line and what followed.
@@ -147,7 +147,9 @@ impl Conn<'_> {
         let sasl_plain = caps
             .iter()
             .any(|c| c.starts_with("SASL") && c.split(' ').any(|m| m == "PLAIN"));
-        let reply = if sasl_plain {
+        let reply = if creds.kind != SecretKind::Password {
+            self.oauth(creds).await?
+        } else if sasl_plain {
             let ir = base64::engine::general_purpose::STANDARD
                 .encode(sasl::encode_plain(creds).expose());
             self.send(format!("AUTH PLAIN {ir}\r\n").as_bytes()).await?;
@@ -183,6 +185,24 @@ impl Conn<'_> {
         let text = String::from_utf8_lossy(&reply).to_ascii_uppercase();
         let temporary = text.contains("[SYS/TEMP]") || text.contains("[IN-USE]");
         Ok(Login::Refused { reply, temporary })
+    }
+}
+
+impl Conn<'_> {
+    /// AUTH with the client's OAuth mechanism and token; a `+` challenge
+    /// after it is the server's error, answered so that `-ERR` follows.
+    async fn oauth(&mut self, creds: &Credentials) -> Result<Vec<u8>, BackendError> {
+        let (mechanism, response) = sasl::initial_response(creds);
+        let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+        self.send(format!("AUTH {mechanism} {}\r\n", b64(response.expose())).as_bytes())
+            .await?;
+        let reply = self.line().await?;
+        if !reply.starts_with(b"+ ") && reply != b"+\r\n" {
+            return Ok(reply);
+        }
+        self.send(format!("{}\r\n", b64(sasl::oauth_abort(creds.kind))).as_bytes())
+            .await?;
+        self.line().await
     }
 }
 

@@ -49,6 +49,8 @@ pub struct Front {
     deadline: Instant,
     budget: usize,
     user: Option<String>,
+    /// Offer and take XOAUTH2 and OAUTHBEARER (the listener's `oauth`).
+    pub oauth: bool,
 }
 
 /// What one command led to.
@@ -67,6 +69,7 @@ impl Front {
             deadline,
             budget,
             user: None,
+            oauth: false,
         }
     }
 
@@ -183,7 +186,11 @@ impl Front {
         if self.login_disabled() {
             caps.push_str("STLS\r\n");
         } else {
-            caps.push_str("USER\r\nSASL PLAIN LOGIN\r\n");
+            caps.push_str(if self.oauth {
+                "USER\r\nSASL PLAIN LOGIN XOAUTH2 OAUTHBEARER\r\n"
+            } else {
+                "USER\r\nSASL PLAIN LOGIN\r\n"
+            });
         }
         caps.push_str("IMPLEMENTATION ponte\r\n.\r\n");
         caps
@@ -253,7 +260,13 @@ impl Front {
         let mechanism = words.next().map(str::to_ascii_uppercase);
         let initial = words.next().map(str::to_string);
         let Some(mechanism) = mechanism else {
-            return self.reply("+OK\r\nPLAIN\r\nLOGIN\r\n.\r\n").await;
+            return self
+                .reply(if self.oauth {
+                    "+OK\r\nPLAIN\r\nLOGIN\r\nXOAUTH2\r\nOAUTHBEARER\r\n.\r\n"
+                } else {
+                    "+OK\r\nPLAIN\r\nLOGIN\r\n.\r\n"
+                })
+                .await;
         };
         if self.login_disabled() {
             return self.reply(PLAINTEXT_DISALLOWED).await;
@@ -272,6 +285,11 @@ impl Front {
                 };
                 sasl::credentials(&user, &pass)
             }
+            "XOAUTH2" | "OAUTHBEARER" if self.oauth => match self.sasl_step(initial, "").await? {
+                Some(data) if mechanism == "XOAUTH2" => sasl::decode_xoauth2(&data),
+                Some(data) => sasl::decode_oauthbearer(&data),
+                None => return self.reply("-ERR Authentication canceled.\r\n").await,
+            },
             _ => {
                 return self
                     .reply("-ERR Unsupported authentication mechanism.\r\n")

@@ -72,6 +72,7 @@ pub async fn serve(stream: Stream, conn: &ConnInfo, ctx: &Ctx) -> Outcome {
         conn.accepted + limits.preauth_timeout,
         budget,
     );
+    front.oauth = conn.listener.oauth;
     // Boxed: the login phase's state (parsers, backend login) is several
     // KiB; on the heap it is freed once logged in, instead of sizing the
     // task of every idle session for it.
