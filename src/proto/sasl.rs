@@ -88,7 +88,10 @@ fn oauth_credentials(
         return Err(SaslError::MalformedOAuth);
     };
     // The token is forwarded inside a SASL message: no separators in it.
-    if token.is_empty() || token.len() > MAX_TOKEN || token.iter().any(|&b| b < 0x20 || b > 0x7e) {
+    if token.is_empty()
+        || token.len() > MAX_TOKEN
+        || token.iter().any(|b| !(0x20..=0x7e).contains(b))
+    {
         return Err(SaslError::MalformedOAuth);
     }
     let mut creds = credentials(user, token)?;
