@@ -286,6 +286,10 @@ async fn splice(
             end: End::Error(e),
         };
     }
+    // Only its length is needed from here on; an idle session need not
+    // keep the backend's login reply (~400 bytes).
+    let hello_len = hello.len() as u64;
+    drop(hello);
     let stops = Stops {
         kick: registration.entry.kick_token(),
         shutdown: &ctx.hard_stop,
@@ -293,7 +297,18 @@ async fn splice(
         until: login::view_deadline(&s.route, conn),
     };
     let done = match filter {
-        Some(f) => view::run(&mut client, &mut s.backend, filtered_rest, f, stops).await,
+        // Boxed: the read-only view is the cold branch; inline, every live
+        // session's future would keep room for its state too (~240 bytes).
+        Some(f) => {
+            Box::pin(view::run(
+                &mut client,
+                &mut s.backend,
+                filtered_rest,
+                f,
+                stops,
+            ))
+            .await
+        }
         None => {
             bridge::splice(
                 &mut client,
@@ -333,7 +348,7 @@ async fn splice(
     login::count_bytes(conn, done.up, done.down);
     Outcome::Spliced {
         up: done.up + rest_len,
-        down: done.down + hello.len() as u64,
+        down: done.down + hello_len,
         end: done.end,
     }
 }
