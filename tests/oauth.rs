@@ -85,18 +85,26 @@ name = "pop3"
 protocol = "pop3"
 bind = "127.0.0.1:0"
 oauth = true
+[[listener]]
+name = "submission"
+protocol = "submission"
+bind = "127.0.0.1:0"
+oauth = true
 [backend.legacy]
 imap = "imap://{imap}"
 pop3 = "pop3://{pop3}"
+submission = "smtp://{submission}"
 [backend.new]
 imap = "imap://{imap}"
 pop3 = "pop3://{pop3}"
+submission = "smtp://{submission}"
 [domain."pec.example"]
 state = "legacy"
 "#,
         dir = dovecot.dir().display(),
         imap = dovecot.imap_addr(),
         pop3 = dovecot.pop3_addr(),
+        submission = dovecot.submission_addr(),
     ));
     let addr = ponte.addr("imap");
 
@@ -137,6 +145,23 @@ state = "legacy"
     for (token, want) in [(GOOD, "+OK"), ("expired", "-ERR")] {
         let mut c = LineConn::tcp(ponte.addr("pop3"));
         c.read_line();
+        c.send(&format!("AUTH XOAUTH2 {}", xoauth2(token)));
+        let line = c.read_line();
+        assert!(line.starts_with(want), "{token}: {line}");
+    }
+
+    // Submission (RFC 4954 AUTH): 235 for the good token, 535 for a bad one.
+    for (token, want) in [(GOOD, "235"), ("expired", "535")] {
+        let mut c = LineConn::tcp(ponte.addr("submission"));
+        c.read_line();
+        c.send("EHLO client.example");
+        let mut line = c.read_line();
+        let mut offered = false;
+        while line.starts_with("250-") {
+            offered |= line.contains("XOAUTH2");
+            line = c.read_line();
+        }
+        assert!(offered || line.contains("XOAUTH2"), "XOAUTH2 not offered");
         c.send(&format!("AUTH XOAUTH2 {}", xoauth2(token)));
         let line = c.read_line();
         assert!(line.starts_with(want), "{token}: {line}");

@@ -10,7 +10,9 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use smtp_proto::{EhloResponse, AUTH_PLAIN, EXT_AUTH, EXT_START_TLS};
+use smtp_proto::{
+    EhloResponse, AUTH_OAUTHBEARER, AUTH_PLAIN, AUTH_XOAUTH2, EXT_AUTH, EXT_START_TLS,
+};
 use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 use tracing::debug;
@@ -21,7 +23,7 @@ use crate::net::backend::{Backend, Endpoint};
 use crate::net::stream::Stream;
 use crate::proto::sasl;
 use crate::proto::smtp::lines::Lines;
-use crate::secret::{Credentials, Secret};
+use crate::secret::{Credentials, Secret, SecretKind};
 
 /// Who the client is, for the backend's logs, policies and trace header.
 pub struct ClientInfo<'a> {
@@ -226,15 +228,29 @@ impl Conn<'_> {
         creds: &Credentials,
         ehlo: &Ehlo,
     ) -> Result<Login, BackendError> {
+        let (mechanism, response) = sasl::initial_response(creds);
+        let flag = match creds.kind {
+            SecretKind::Password => AUTH_PLAIN,
+            SecretKind::XOAuth2 => AUTH_XOAUTH2,
+            SecretKind::OAuthBearer => AUTH_OAUTHBEARER,
+        };
         let offered =
-            ehlo.parsed.has_capability(EXT_AUTH) && ehlo.parsed.auth_mechanisms & AUTH_PLAIN != 0;
+            ehlo.parsed.has_capability(EXT_AUTH) && ehlo.parsed.auth_mechanisms & flag != 0;
         if !offered {
-            return Err(self.backend.protocol_error("AUTH PLAIN not offered"));
+            return Err(self
+                .backend
+                .protocol_error(format!("AUTH {mechanism} not offered")));
         }
-        let plain = sasl::encode_plain(creds);
-        let line = Secret::new(format!("AUTH PLAIN {}\r\n", b64(plain.expose())));
+        let line = Secret::new(format!("AUTH {mechanism} {}\r\n", b64(response.expose())));
         self.send(line.expose().as_bytes()).await?;
-        let reply = self.read_reply().await?;
+        let mut reply = self.read_reply().await?;
+        if reply.code == 334 && creds.kind != SecretKind::Password {
+            // An OAuth server's error challenge (RFC 7628 §3.2.3): answered
+            // so that its final refusal follows.
+            let abort = format!("{}\r\n", b64(sasl::oauth_abort(creds.kind)));
+            self.send(abort.as_bytes()).await?;
+            reply = self.read_reply().await?;
+        }
         match reply.code {
             235 => Ok(Login::Ok {
                 stream: self.stream,

@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
-use smtp_proto::{Error as ParseError, Request, AUTH_LOGIN, AUTH_PLAIN};
+use smtp_proto::{
+    Error as ParseError, Request, AUTH_LOGIN, AUTH_OAUTHBEARER, AUTH_PLAIN, AUTH_XOAUTH2,
+};
 use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 use tokio_rustls::rustls::ServerConfig;
@@ -80,6 +82,8 @@ pub struct Front {
     budget: usize,
     /// The client's EHLO/HELO name since the last reset (STARTTLS).
     helo: Option<String>,
+    /// Offer and take XOAUTH2 and OAUTHBEARER (the listener's `oauth`).
+    pub oauth: bool,
 }
 
 impl Front {
@@ -93,6 +97,7 @@ impl Front {
             // Room for a handful of commands at the size limit, no more.
             budget: max_preauth * 4,
             helo: None,
+            oauth: false,
         }
     }
 
@@ -273,7 +278,11 @@ impl Front {
             lines.push("STARTTLS".into());
         }
         if self.auth_allowed() {
-            lines.push("AUTH PLAIN LOGIN".into());
+            lines.push(if self.oauth {
+                "AUTH PLAIN LOGIN XOAUTH2 OAUTHBEARER".into()
+            } else {
+                "AUTH PLAIN LOGIN".into()
+            });
         }
         let last = lines.len() - 1;
         let text: String = lines
@@ -336,6 +345,13 @@ impl Front {
                 };
                 sasl::credentials(user.expose(), pass.expose())
             }
+            AUTH_XOAUTH2 | AUTH_OAUTHBEARER if self.oauth => match self.sasl_step(ir, "").await? {
+                Sasl::Data(data) if mechanism == AUTH_XOAUTH2 => {
+                    sasl::decode_xoauth2(data.expose())
+                }
+                Sasl::Data(data) => sasl::decode_oauthbearer(data.expose()),
+                Sasl::Refused(text) => return self.reply(text).await,
+            },
             _ => {
                 return self
                     .reply("504 5.5.4 Unrecognized authentication type\r\n")
