@@ -471,8 +471,8 @@ fn run() -> Result<(), String> {
          fsync, rename into `msg/`, fsync `msg/`; envelope to `tmp/`, fsync, rename into \
          `env/`, fsync `env/` — on a blocking thread, and the `250` comes after. So 2 file \
          fsyncs and 2 directory fsyncs per message; it also prepends a `Received:` header \
-         and wakes the delivery worker, whose pass walks the whole spool (and finds every \
-         recipient still in blackout). CPU: utime + stime of its process (all threads) from \
+         (mail for blackout mailboxes only does not wake the delivery worker: nothing is \
+         deliverable before the flip). CPU: utime + stime of its process (all threads) from \
          `/proc/<pid>/stat` over the measured windows.",
         smtp::DOMAIN
     );
