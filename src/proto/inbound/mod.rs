@@ -380,7 +380,8 @@ impl Session<'_> {
 /// An address ponte can put back into a command line: printable ASCII
 /// (SMTPUTF8 is not offered), no spaces or angle brackets. smtp-proto has
 /// parsed it; this keeps anything odd out of the backend's command stream.
-fn plain_address(address: &str) -> bool {
+#[doc(hidden)]
+pub fn plain_address(address: &str) -> bool {
     address.len() <= 320
         && address
             .bytes()
