@@ -13,7 +13,7 @@ impl Session<'_> {
     /// The message as the client sent it (unstuffed, ending with CRLF).
     pub(super) async fn read_data(&mut self) -> Result<Vec<u8>, SessionError> {
         let limit = usize::try_from(self.ctx.config.limits.max_message_size).unwrap_or(usize::MAX);
-        let mut receiver = DataReceiver::new();
+        let mut receiver = data_receiver();
         let mut body = Vec::new();
         loop {
             let pending = self.lines.pending_bytes();
@@ -34,13 +34,25 @@ impl Session<'_> {
     }
 }
 
+/// A receiver at the start of a line, as after the DATA command's CRLF.
+/// smtp-proto's starts mid-line: `.` CRLF at once would not end an empty
+/// message (the commands after it became its text) and a first line's
+/// leading dot would not be unstuffed (RFC 5321 §4.5.2).
+#[doc(hidden)]
+pub fn data_receiver() -> DataReceiver {
+    let mut receiver = DataReceiver::new();
+    let mut scratch = Vec::new();
+    receiver.ingest(&mut b"\r\n".iter(), &mut scratch);
+    receiver
+}
+
 #[cfg(test)]
 mod tests {
-    use smtp_proto::request::receiver::DataReceiver;
+    use super::data_receiver;
 
     /// The receiver's output for `input` split at `at`, and what it left.
     fn ingest_split(input: &[u8], at: usize) -> (Vec<u8>, bool, usize) {
-        let mut rx = DataReceiver::new();
+        let mut rx = data_receiver();
         let mut body = Vec::new();
         let mut left = 0;
         let mut done = false;
@@ -67,6 +79,23 @@ mod tests {
                 "split {at}"
             );
             assert_eq!(left, b"QUIT\r\n".len(), "split {at}");
+        }
+    }
+
+    /// Found by the `smtp_commands` fuzz target: `DATA` then `.` CRLF (an
+    /// empty message) did not end the message, and a leading `..` on the
+    /// first line kept both dots.
+    #[test]
+    fn the_first_line_is_a_line_too() {
+        for at in 0..=9 {
+            let (body, done, left) = ingest_split(b".\r\nQUIT\r\n", at);
+            assert!(done, "split {at}");
+            assert_eq!(body, b"", "split {at}");
+            assert_eq!(left, b"QUIT\r\n".len(), "split {at}");
+        }
+        let input = b"..x\r\n.\r\n";
+        for at in 0..=input.len() {
+            assert_eq!(ingest_split(input, at), (b".x\r\n".to_vec(), true, 0));
         }
     }
 }

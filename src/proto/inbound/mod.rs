@@ -7,6 +7,9 @@
 //! smtp-proto, and read under a timeout; DATA is bounded by `SIZE`.
 
 mod data;
+// For the fuzz target: the DATA reader's receiver, as `read_data` starts it.
+#[doc(hidden)]
+pub use self::data::data_receiver;
 mod deliver;
 mod rcpt;
 mod trace;
