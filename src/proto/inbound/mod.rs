@@ -9,7 +9,7 @@
 mod data;
 // For the fuzz target: the DATA reader's receiver, as `read_data` starts it.
 #[doc(hidden)]
-pub use self::data::data_receiver;
+pub use self::data::{data_receiver, DataEnd};
 mod deliver;
 mod rcpt;
 mod trace;
