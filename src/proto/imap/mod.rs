@@ -13,6 +13,9 @@ mod view;
 // For the fuzz target and benches: the read-only view's command limit.
 #[doc(hidden)]
 pub use self::view::MAX_COMMAND;
+// For the fuzz target: the ID field filter of the pre-auth phase.
+#[doc(hidden)]
+pub use self::preauth::{id_field, MAX_ID_VALUE};
 
 use std::time::Duration;
 

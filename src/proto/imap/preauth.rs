@@ -71,7 +71,8 @@ pub struct Front {
 }
 
 const MAX_ID_FIELDS: usize = 30;
-const MAX_ID_VALUE: usize = 1024;
+#[doc(hidden)]
+pub const MAX_ID_VALUE: usize = 1024;
 
 impl Front {
     pub fn new(stream: Stream, tls: TlsPolicy, deadline: Instant, max_message: u32) -> Front {
@@ -172,7 +173,15 @@ impl Front {
     /// response cannot be: it is refused, never invited.
     async fn read_sasl_line(&mut self) -> Result<bool, FrontError> {
         loop {
-            match self.framer.next_frame() {
+            let frame = self.framer.next_frame();
+            // Over the limit the framer's raw copy is out of step (it holds
+            // more than the message it hands out): end, as for a command,
+            // rather than pass misframed bytes on after a later login.
+            if frame.is_some() && self.framer.is_too_long() {
+                self.write(b"* BYE Line too long.\r\n").await?;
+                return Err(FrontError::TooMuch);
+            }
+            match frame {
                 Some(Frame::Message) => return Ok(true),
                 Some(Frame::Literal {
                     mode: LiteralMode::Sync,
@@ -465,7 +474,8 @@ impl Front {
 /// Only the field names RFC 2971 §3.3 defines pass, and only printable
 /// ASCII values: the fields are written into a command to the backend, so
 /// a CR or LF here would inject commands before login.
-fn id_field(key: &[u8], value: Option<&[u8]>) -> Option<(String, String)> {
+#[doc(hidden)]
+pub fn id_field(key: &[u8], value: Option<&[u8]>) -> Option<(String, String)> {
     const FIELDS: [&str; 11] = [
         "name",
         "version",
@@ -493,4 +503,44 @@ fn id_field(key: &[u8], value: Option<&[u8]>) -> Option<(String, String)> {
 /// Base64 of a SASL response, for the backend.
 pub fn b64(data: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+    use tokio::net::{TcpListener, TcpStream};
+
+    /// Found by the `imap_preauth` fuzz target: a SASL response line over
+    /// the limit left the framer's raw copy out of step, so the bytes
+    /// pipelined after a later login (passed on to the backend) began with
+    /// the rest of that line instead of the client's next command.
+    #[tokio::test]
+    async fn an_oversized_sasl_response_ends_the_session() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let policy = TlsPolicy {
+            mode: TlsMode::None,
+            config: None,
+        };
+        let deadline = Instant::now() + std::time::Duration::from_secs(10);
+        let mut front = Front::new(Stream::Plain(server), policy, deadline, 32);
+        let long = "X".repeat(40);
+        client
+            .write_all(
+                format!("a AUTHENTICATE PLAIN\r\n{long}\r\nb LOGIN alice pw\r\nc NOOP\r\n")
+                    .as_bytes(),
+            )
+            .await
+            .unwrap();
+        let result = front.next_login().await;
+        assert!(matches!(result, Err(FrontError::TooMuch)), "{result:?}");
+        drop(front);
+        let mut answers = String::new();
+        client.read_to_string(&mut answers).await.unwrap();
+        assert!(answers.ends_with("* BYE Line too long.\r\n"), "{answers:?}");
+    }
 }

@@ -7,6 +7,9 @@
 //! smtp-proto, and read under a timeout; DATA is bounded by `SIZE`.
 
 mod data;
+// For the fuzz target: the DATA reader's receiver, as `read_data` starts it.
+#[doc(hidden)]
+pub use self::data::{data_receiver, DataEnd};
 mod deliver;
 mod rcpt;
 mod trace;
@@ -380,7 +383,8 @@ impl Session<'_> {
 /// An address ponte can put back into a command line: printable ASCII
 /// (SMTPUTF8 is not offered), no spaces or angle brackets. smtp-proto has
 /// parsed it; this keeps anything odd out of the backend's command stream.
-fn plain_address(address: &str) -> bool {
+#[doc(hidden)]
+pub fn plain_address(address: &str) -> bool {
     address.len() <= 320
         && address
             .bytes()

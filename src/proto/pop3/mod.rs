@@ -13,7 +13,10 @@ use tokio::io::AsyncWriteExt;
 use tracing::{info, warn};
 
 use self::backend::Login;
-use self::front::{Front, FrontError, TlsPolicy, AUTH_FAILED};
+use self::front::AUTH_FAILED;
+// For the fuzz target: the pre-auth front end, driven over loopback TCP.
+#[doc(hidden)]
+pub use self::front::{Front, FrontError, TlsPolicy};
 use crate::net::bridge::{self, Boundary, End, Stops};
 use crate::net::stream::Stream;
 use crate::proto::login::{self, one_line, Denied};

@@ -15,6 +15,9 @@ use tracing::{debug, info, warn};
 
 use self::backend::{ClientInfo, Login};
 use self::boundary::ReplyBoundary;
+// For the fuzz target: SASL response decoding before login.
+#[doc(hidden)]
+pub use self::preauth::{decode_response, Sasl};
 use self::preauth::{Attempt, Front, FrontError, TlsPolicy, CREDENTIALS_INVALID};
 use crate::net::bridge::{self, Boundary, End, Stops};
 use crate::net::stream::Stream;

@@ -384,14 +384,16 @@ impl Front {
 }
 
 /// A SASL response as the client sent it, decoded.
-enum Sasl {
+#[doc(hidden)]
+pub enum Sasl {
     Data(Secret<Vec<u8>>),
     /// Canceled or undecodable: the reply to give.
     Refused(&'static str),
 }
 
 /// Base64 of a SASL response line; `=` is an empty response, `*` cancels.
-fn decode_response(line: &[u8]) -> Sasl {
+#[doc(hidden)]
+pub fn decode_response(line: &[u8]) -> Sasl {
     let text = line.strip_suffix(b"\n").unwrap_or(line);
     let text = text.strip_suffix(b"\r").unwrap_or(text);
     match text {
