@@ -5,8 +5,9 @@
 //! on each line, the inbound `plain_address` check on envelope addresses,
 //! submission's SASL steps (`decode_response`, `decode_plain`,
 //! `credentials`), and the inbound DATA reader exactly as `read_data`
-//! runs it (smtp-proto's `DataReceiver` over the same buffer, the size
-//! limit checked after each ingest).
+//! runs it (smtp-proto's `DataReceiver`, started by `data_receiver` at
+//! the start of a line, over the same buffer, the size limit checked
+//! after each ingest).
 //!
 //! Checked on every input:
 //! - no panic;
@@ -20,7 +21,9 @@
 //!   that smtp-proto reads back as the same address;
 //! - DATA: the unstuffed message is never longer than what was read for
 //!   it; the end is found exactly at the first CRLF.CRLF (counting the
-//!   DATA line's own CRLF), never before, never missed; the message is the
+//!   DATA line's own CRLF), never missed, and where smtp-proto stops
+//!   early (CRLF `.` CR CR LF) ponte's `DataEnd` says so (the session
+//!   ends with 554); the message is the
 //!   input with the dot of each CRLF-led `.` line removed; past the size
 //!   limit the reader stops within one read of it.
 //!
@@ -33,7 +36,7 @@
 mod common;
 
 use libfuzzer_sys::fuzz_target;
-use ponte::proto::inbound::plain_address;
+use ponte::proto::inbound::{data_receiver, plain_address, DataEnd};
 use ponte::proto::sasl;
 use ponte::proto::smtp::lines::Lines;
 use ponte::proto::submission::{decode_response, Sasl};
@@ -46,8 +49,9 @@ const READ_CHUNK: usize = 4096;
 
 enum Mode {
     Command,
-    /// DATA: the receiver, the message so far, the raw bytes it read.
-    Data(DataReceiver, Vec<u8>, Vec<u8>),
+    /// DATA: the receiver, its end check, the message so far, the raw
+    /// bytes it read.
+    Data(DataReceiver, DataEnd, Vec<u8>, Vec<u8>),
     /// Waiting for a SASL response: PLAIN, LOGIN user, LOGIN password.
     Plain,
     LoginUser,
@@ -222,7 +226,8 @@ impl Session {
             }
             Request::Data => {
                 if self.rcpts > 0 {
-                    self.mode = Mode::Data(DataReceiver::new(), Vec::new(), Vec::new());
+                    self.mode =
+                        Mode::Data(data_receiver(), DataEnd::default(), Vec::new(), Vec::new());
                 }
             }
             _ => {}
@@ -246,13 +251,14 @@ impl Session {
 
     /// One round of `read_data`; `None` when the message is done.
     fn data(&mut self, lines: &mut Lines, taken: &mut usize) -> Option<Next> {
-        let Mode::Data(receiver, body, read) = &mut self.mode else {
+        let Mode::Data(receiver, end, body, read) = &mut self.mode else {
             unreachable!()
         };
         let pending = lines.pending_bytes();
         let mut bytes = pending.iter();
         let done = receiver.ingest(&mut bytes, body);
         let used = pending.len() - bytes.as_slice().len();
+        end.push(&pending[..used]);
         read.extend_from_slice(&pending[..used]);
         lines.consume(used);
         *taken += used;
@@ -271,6 +277,13 @@ impl Session {
         if !done {
             assert_eq!(first_end, None, "end missed: {}", show(&stream));
             return Some(Next::More);
+        }
+        assert_eq!(end.is_end(), stream.ends_with(b"\r\n.\r\n"));
+        if !end.is_end() {
+            // smtp-proto stopped at CRLF `.` CR… LF: ponte answers 554
+            // and closes. No real end came before it.
+            assert_eq!(first_end, None, "end missed: {}", show(&stream));
+            return Some(Next::End);
         }
         assert_eq!(
             first_end,
