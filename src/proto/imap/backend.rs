@@ -51,11 +51,13 @@ pub enum Login {
 /// Responses before login are small; a backend that sends more is broken.
 const MAX_RESPONSE: u32 = 64 * 1024;
 
-struct Conn<'a> {
-    backend: &'a Backend,
-    stream: Stream,
-    framer: Framer,
-    deadline: Instant,
+/// A connection to a backend's IMAP service, read in whole responses;
+/// also used after login by `lookup`.
+pub(super) struct Conn<'a> {
+    pub(super) backend: &'a Backend,
+    pub(super) stream: Stream,
+    pub(super) framer: Framer,
+    pub(super) deadline: Instant,
 }
 
 /// Connects, optionally upgrades with STARTTLS, forwards the client's
@@ -93,7 +95,9 @@ pub async fn login(
 }
 
 impl Conn<'_> {
-    async fn read_message(&mut self) -> Result<(), BackendError> {
+    /// The next whole response (literals included) in the framer, at most
+    /// the framer's limit.
+    pub(super) async fn read_message(&mut self) -> Result<(), BackendError> {
         loop {
             match self.framer.next_frame() {
                 Some(Frame::Message) if self.framer.is_too_long() => {
@@ -101,7 +105,7 @@ impl Conn<'_> {
                 }
                 Some(Frame::Message) => return Ok(()),
                 Some(Frame::Literal { .. }) => {}
-                None if self.framer.pending() > MAX_RESPONSE as usize => {
+                None if self.framer.pending() > self.framer.max() as usize => {
                     return Err(self.backend.protocol_error("response too long"))
                 }
                 None => {
@@ -117,7 +121,7 @@ impl Conn<'_> {
         }
     }
 
-    async fn send(&mut self, bytes: &[u8]) -> Result<(), BackendError> {
+    pub(super) async fn send(&mut self, bytes: &[u8]) -> Result<(), BackendError> {
         let write = async {
             self.stream.write_all(bytes).await?;
             self.stream.flush().await

@@ -15,14 +15,12 @@ use std::time::Duration;
 
 use imap_codec::imap_types::response::{Data, Response};
 use imap_codec::ResponseCodec;
-use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 
-use super::backend::{self, ClientInfo, Login};
-use super::framer::{Frame, Framer};
+use super::backend::{self, ClientInfo, Conn, Login};
+use super::framer::Framer;
 use crate::error::BackendError;
 use crate::net::backend::Backend;
-use crate::net::stream::Stream;
 use crate::secret::{Credentials, SecretKind};
 
 /// Search responses list UIDs; 1 MiB is ~100k of them, more than an
@@ -77,7 +75,7 @@ pub async fn find_trace(
     };
     let mut framer = Framer::new(MAX_RESPONSE);
     framer.push(&rest);
-    let mut s = Session {
+    let mut s = Conn {
         backend,
         stream,
         framer,
@@ -100,50 +98,11 @@ fn searchable(trace_id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
 }
 
-struct Session<'a> {
-    backend: &'a Backend,
-    stream: Stream,
-    framer: Framer,
-    deadline: Instant,
-}
-
-impl Session<'_> {
-    async fn send(&mut self, line: &str) -> Result<(), BackendError> {
-        let write = async {
-            self.stream.write_all(line.as_bytes()).await?;
-            self.stream.flush().await
-        };
-        match tokio::time::timeout_at(self.deadline, write).await {
-            Ok(r) => r.map_err(|e| self.backend.io_error(e)),
-            Err(_) => Err(self.backend.timeout("write")),
-        }
-    }
-
-    /// The next whole response (literals included) in the framer.
-    async fn next_message(&mut self) -> Result<(), BackendError> {
-        loop {
-            match self.framer.next_frame() {
-                Some(Frame::Message) if self.framer.is_too_long() => {
-                    return Err(self.backend.protocol_error("response too long"))
-                }
-                Some(Frame::Message) => return Ok(()),
-                Some(Frame::Literal { .. }) => {}
-                None => {
-                    let fill = self.framer.fill(&mut self.stream);
-                    match tokio::time::timeout_at(self.deadline, fill).await {
-                        Ok(Ok(0)) => return Err(self.backend.protocol_error("connection closed")),
-                        Ok(Ok(_)) => {}
-                        Ok(Err(e)) => return Err(self.backend.io_error(e)),
-                        Err(_) => return Err(self.backend.timeout("response")),
-                    }
-                }
-            }
-        }
-    }
-
+/// The check's commands, on the connection the login left open.
+impl Conn<'_> {
     /// Sends `tag command` and reads to its tagged answer, which must be OK.
     async fn command(&mut self, tag: &str, command: &str) -> Result<(), BackendError> {
-        self.send(&format!("{tag} {command}\r\n")).await?;
+        self.send(format!("{tag} {command}\r\n").as_bytes()).await?;
         self.until_ok(tag, |_| {}).await
     }
 
@@ -154,7 +113,7 @@ impl Session<'_> {
     ) -> Result<(), BackendError> {
         let prefix = format!("{tag} ");
         loop {
-            self.next_message().await?;
+            self.read_message().await?;
             let msg = self.framer.message();
             match msg.strip_prefix(prefix.as_bytes()) {
                 Some(tail) if tail.len() >= 2 && tail[..2].eq_ignore_ascii_case(b"OK") => {
@@ -172,10 +131,8 @@ impl Session<'_> {
     }
 
     async fn search(&mut self, tag: &str, trace_id: &str) -> Result<Found, BackendError> {
-        self.send(&format!(
-            "{tag} UID SEARCH HEADER Received \"{trace_id}\"\r\n"
-        ))
-        .await?;
+        let line = format!("{tag} UID SEARCH HEADER Received \"{trace_id}\"\r\n");
+        self.send(line.as_bytes()).await?;
         let mut hits = 0usize;
         self.until_ok(tag, |msg| hits += search_hits(msg)).await?;
         Ok(if hits > 0 { Found::Yes } else { Found::No })
