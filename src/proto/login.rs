@@ -25,11 +25,11 @@ pub enum Denied {
 
 /// Too many failed logins from this address or for this account: refused
 /// for a while, temporarily, without asking a backend.
-pub struct Throttled;
+struct Throttled;
 
 /// A login attempt the throttle let through; its outcome is reported
 /// back with [`Ticket::failed`] or [`Ticket::succeeded`].
-pub struct Ticket<'a> {
+struct Ticket<'a> {
     ctx: &'a Ctx,
     ip: IpAddr,
     account: String,
@@ -38,7 +38,7 @@ pub struct Ticket<'a> {
 
 /// Asks the throttle about a login as `user` from this connection's
 /// client address.
-pub fn gate<'a>(user: &str, conn: &ConnInfo, ctx: &'a Ctx) -> Result<Ticket<'a>, Throttled> {
+fn gate<'a>(user: &str, conn: &ConnInfo, ctx: &'a Ctx) -> Result<Ticket<'a>, Throttled> {
     let ip = conn.peer.ip().to_canonical();
     let default_domain = conn.listener.default_domain.as_deref();
     let account = normalize(user, default_domain).unwrap_or_else(|| user.to_ascii_lowercase());
@@ -84,14 +84,14 @@ pub async fn throttled<T, E>(
 impl Ticket<'_> {
     /// The login failed (wrong password, unknown domain or user): counted,
     /// and answered only after the throttle's delay.
-    pub async fn failed(self) {
+    async fn failed(self) {
         self.ctx.throttle.failed(self.ip, &self.account);
         if !self.delay.is_zero() {
             tokio::time::sleep(self.delay).await;
         }
     }
 
-    pub fn succeeded(self) {
+    fn succeeded(self) {
         self.ctx.throttle.succeeded(self.ip, &self.account);
     }
 }

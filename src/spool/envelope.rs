@@ -54,8 +54,8 @@ pub struct Recipient {
     /// Unix seconds of the last attempt, for the worker's backoff.
     #[serde(default)]
     pub last_attempt: Option<i64>,
-    /// Set (Unix seconds) just before the message's last byte goes to the
-    /// backend, cleared with the outcome. Found set after a restart, the
+    /// Set (Unix seconds) just before a delivery to the backend starts,
+    /// cleared with its outcome. Found set after a restart, the
     /// outcome is in doubt: the backend may have the message already.
     #[serde(default)]
     pub sending: Option<i64>,

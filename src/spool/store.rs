@@ -292,12 +292,7 @@ impl Spool {
         let now = now_unix();
         self.update(id, |env| {
             let message_id = env.message_id.clone();
-            let r = env
-                .recipient_mut(rcpt)
-                .ok_or_else(|| SpoolError::UnknownRecipient {
-                    id,
-                    rcpt: rcpt.to_string(),
-                })?;
+            let r = known(env, id, rcpt)?;
             if status != Status::Pending {
                 r.attempts = r.attempts.saturating_add(1);
                 r.last_attempt = Some(now);
@@ -311,20 +306,14 @@ impl Spool {
         })
     }
 
-    /// Marks `rcpts` as being sent now, durably, before the message's last
-    /// byte goes to the backend: after a crash, their outcome is known to
-    /// be in doubt (see [`Recipient::sending`](super::Recipient)).
+    /// Marks `rcpts` as being sent now, durably, before their delivery
+    /// starts: after a crash, their outcome is known to be in doubt (see
+    /// [`Recipient::sending`](super::Recipient)).
     pub fn mark_sending(&self, id: SpoolId, rcpts: &[String]) -> Result<(), SpoolError> {
         let now = now_unix();
         self.update(id, |env| {
             for rcpt in rcpts {
-                let r = env
-                    .recipient_mut(rcpt)
-                    .ok_or_else(|| SpoolError::UnknownRecipient {
-                        id,
-                        rcpt: rcpt.to_string(),
-                    })?;
-                r.sending = Some(now);
+                known(env, id, rcpt)?.sending = Some(now);
             }
             Ok(())
         })
@@ -461,6 +450,19 @@ impl Spool {
         }
         stats
     }
+}
+
+/// The recipient `rcpt` of message `id`, or the error that names both.
+fn known<'a>(
+    env: &'a mut Envelope,
+    id: SpoolId,
+    rcpt: &str,
+) -> Result<&'a mut super::Recipient, SpoolError> {
+    env.recipient_mut(rcpt)
+        .ok_or_else(|| SpoolError::UnknownRecipient {
+            id,
+            rcpt: rcpt.to_string(),
+        })
 }
 
 /// The Message-ID, without angle brackets, if the header block has one.
