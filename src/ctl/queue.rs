@@ -5,7 +5,7 @@ use clap::{ArgGroup, Subcommand};
 use serde::Deserialize;
 
 use super::plan::{self, Body, Call, Method};
-use super::render::parse;
+use super::render::{or_dash, parse};
 use super::table::Table;
 use super::Failure;
 use crate::spool::SpoolId;
@@ -286,11 +286,10 @@ fn rcpt_short(r: &Rcpt) -> String {
 
 fn show(m: &Message) -> String {
     let mut t = Table::new(&[]);
-    let dash = |s: &Option<String>| s.clone().unwrap_or_else(|| "-".into());
     t.row(vec!["id".into(), m.id.clone()]);
     t.row(vec!["from".into(), sender(&m.from)]);
-    t.row(vec!["subject".into(), dash(&m.subject)]);
-    t.row(vec!["message-id".into(), dash(&m.message_id)]);
+    t.row(vec!["subject".into(), or_dash(&m.subject)]);
+    t.row(vec!["message-id".into(), or_dash(&m.message_id)]);
     t.row(vec!["size".into(), format!("{} bytes", m.size)]);
     t.row(vec![
         "arrived".into(),
@@ -299,7 +298,7 @@ fn show(m: &Message) -> String {
     t.row(vec!["held".into(), yes_no(m.held)]);
     let client = match (&m.client, &m.helo) {
         (Some(c), Some(h)) if !h.is_empty() => format!("{c} ({h})"),
-        (c, _) => dash(c),
+        (c, _) => or_dash(c),
     };
     t.row(vec!["client".into(), client]);
     let mut out = t.render();
@@ -315,8 +314,8 @@ fn show(m: &Message) -> String {
             rc.address.clone(),
             rc.status.clone(),
             rc.attempts.to_string(),
-            dash(&rc.last_attempt),
-            dash(&rc.last_error),
+            or_dash(&rc.last_attempt),
+            or_dash(&rc.last_error),
         ]);
     }
     out.push('\n');

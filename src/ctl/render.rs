@@ -63,7 +63,7 @@ pub(super) fn parse<T: DeserializeOwned>(body: &str) -> Result<T, Failure> {
     })
 }
 
-fn or_dash(s: &Option<String>) -> String {
+pub(super) fn or_dash(s: &Option<String>) -> String {
     s.clone().unwrap_or_else(|| "-".into())
 }
 
