@@ -265,7 +265,7 @@ impl Pass {
                 continue;
             }
             if let Some(due) = retry_at(r).filter(|&t| t > now) {
-                self.next_retry = Some(self.next_retry.map_or(due, |n| n.min(due)));
+                self.wake_by(due);
                 self.waiting.insert(key);
                 continue;
             }
@@ -390,9 +390,7 @@ impl Pass {
                 }
                 Err(e) => {
                     warn!(%id, %rcpt, error = %e, "delivery check failed; will try again");
-                    self.waiting.insert(rcpt.to_ascii_lowercase());
-                    let due = now_unix() + FIRST_BACKOFF;
-                    self.next_retry = Some(self.next_retry.map_or(due, |n| n.min(due)));
+                    self.defer(&rcpt);
                 }
             }
         }
@@ -453,11 +451,21 @@ impl Pass {
         info!(%id, %rcpt, outcome, "spooled delivery");
         metrics::counter!("ponte_inbound_deliveries_total", "outcome" => outcome).increment(1);
         if outcome == "deferred" {
-            self.waiting.insert(rcpt.to_ascii_lowercase());
-            let due = now_unix() + FIRST_BACKOFF;
-            self.next_retry = Some(self.next_retry.map_or(due, |n| n.min(due)));
+            self.defer(&rcpt);
         }
         self.set(id, rcpt, status).await
+    }
+
+    /// `rcpt` waits (newer mail to it too) and is tried again after the
+    /// first backoff.
+    fn defer(&mut self, rcpt: &str) {
+        self.waiting.insert(rcpt.to_ascii_lowercase());
+        self.wake_by(now_unix() + FIRST_BACKOFF);
+    }
+
+    /// The next pass starts by `due` (Unix seconds) at the latest.
+    fn wake_by(&mut self, due: i64) {
+        self.next_retry = Some(self.next_retry.map_or(due, |n| n.min(due)));
     }
 
     async fn set(&mut self, id: SpoolId, rcpt: String, status: Status) -> Result<(), WorkerError> {
