@@ -6,7 +6,9 @@
 //! Memory: reads land in one scratch buffer per worker thread and are
 //! written on at once, so an idle session holds no read buffer. Only bytes
 //! a slow destination cannot take yet are copied into the direction's own
-//! buffer, which is released as soon as it drains.
+//! buffer, which is released as soon as it drains. Between two plain
+//! sockets, the body of a large literal moves by splice(2) and never
+//! enters user space at all ([`super::zerocopy`]).
 
 use std::cell::RefCell;
 use std::io;
@@ -18,6 +20,9 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+
+use super::stream::PlainSocket;
+use super::zerocopy::Pipe;
 
 /// Why the bridge stopped.
 #[derive(Debug)]
@@ -57,6 +62,14 @@ pub trait Boundary: Send {
     fn reachable(&self) -> bool {
         true
     }
+    /// How many of the next bytes need not be seen (the rest of a literal
+    /// whose length is known): the bridge may move them without reading
+    /// them into memory, and then reports them with [`Boundary::skipped`].
+    fn opaque_ahead(&self) -> u64 {
+        0
+    }
+    /// `n` of the opaque bytes went by unseen.
+    fn skipped(&mut self, _n: u64) {}
 }
 
 /// How long a stopped bridge may go on relaying to reach a boundary.
@@ -101,8 +114,8 @@ pub async fn splice<C, B>(
     boundary: &mut dyn Boundary,
 ) -> Spliced
 where
-    C: AsyncRead + AsyncWrite + Unpin,
-    B: AsyncRead + AsyncWrite + Unpin,
+    C: AsyncRead + AsyncWrite + PlainSocket + Unpin,
+    B: AsyncRead + AsyncWrite + PlainSocket + Unpin,
 {
     let clock = Clock::new();
     let mut up = Direction::default();
@@ -159,6 +172,10 @@ where
 // worker thread, so its size does not grow with the sessions.
 const SCRATCH_SIZE: usize = 256 * 1024;
 
+// Below this, a literal is copied like any other bytes: a pipe's two
+// syscalls to make and close are not worth it.
+const SPLICE_MIN: u64 = 64 * 1024;
+
 thread_local! {
     static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; SCRATCH_SIZE].into_boxed_slice());
 }
@@ -180,6 +197,8 @@ struct Direction {
     written: usize,
     needs_flush: bool,
     bytes: u64,
+    /// Only while a large literal moves between two plain sockets.
+    pipe: Option<Pipe>,
 }
 
 impl Direction {
@@ -192,15 +211,15 @@ impl Direction {
         mut boundary: Option<&mut (dyn Boundary + 'b)>,
     ) -> Poll<io::Result<()>>
     where
-        R: AsyncRead + Unpin,
-        W: AsyncWrite + Unpin,
+        R: AsyncRead + PlainSocket + Unpin,
+        W: AsyncWrite + PlainSocket + Unpin,
     {
         loop {
             match self.phase {
                 Phase::Copying => {
                     // Read nothing more while the writer is backed up.
                     ready!(self.poll_pending(cx, w))?;
-                    match self.poll_read_through(cx, r, w, boundary.as_deref_mut()) {
+                    match self.poll_move(cx, r, w, boundary.as_deref_mut()) {
                         Poll::Ready(Ok(0)) => self.phase = Phase::ShuttingDown,
                         Poll::Ready(Ok(n)) => {
                             self.bytes += n as u64;
@@ -237,8 +256,8 @@ impl Direction {
         boundary: &mut dyn Boundary,
     ) -> Poll<io::Result<()>>
     where
-        R: AsyncRead + Unpin,
-        W: AsyncWrite + Unpin,
+        R: AsyncRead + PlainSocket + Unpin,
+        W: AsyncWrite + PlainSocket + Unpin,
     {
         if !matches!(self.phase, Phase::Copying) {
             return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()));
@@ -248,7 +267,7 @@ impl Direction {
             if boundary.at_boundary() {
                 return Pin::new(&mut *w).poll_flush(cx);
             }
-            match ready!(self.poll_read_through(cx, r, w, Some(&mut *boundary)))? {
+            match ready!(self.poll_move(cx, r, w, Some(&mut *boundary)))? {
                 0 => return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into())),
                 n => self.bytes += n as u64,
             }
@@ -256,11 +275,15 @@ impl Direction {
     }
 
     /// Writes what an earlier round could not; releases the buffer once empty.
-    fn poll_pending<W: AsyncWrite + Unpin>(
+    fn poll_pending<W: AsyncWrite + PlainSocket + Unpin>(
         &mut self,
         cx: &mut Context<'_>,
         w: &mut W,
     ) -> Poll<io::Result<()>> {
+        // A pipe exists only between two plain sockets.
+        if let (Some(pipe), Some(to)) = (self.pipe.as_mut(), w.plain_socket()) {
+            ready!(pipe.poll_drain(cx, to))?;
+        }
         while self.written < self.pending.len() {
             let n = ready!(Pin::new(&mut *w).poll_write(cx, &self.pending[self.written..]))?;
             if n == 0 {
@@ -273,6 +296,47 @@ impl Direction {
             self.written = 0;
         }
         Poll::Ready(Ok(()))
+    }
+
+    /// Moves the next bytes on: by splice(2) when they are the body of a
+    /// large literal and both sides are plain sockets, else through the
+    /// scratch buffer. Returns the bytes read (0 at end of stream).
+    fn poll_move<'b, R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        r: &mut R,
+        w: &mut W,
+        boundary: Option<&mut (dyn Boundary + 'b)>,
+    ) -> Poll<io::Result<usize>>
+    where
+        R: AsyncRead + PlainSocket + Unpin,
+        W: AsyncWrite + PlainSocket + Unpin,
+    {
+        let opaque = boundary.as_ref().map_or(0, |b| b.opaque_ahead());
+        if let (true, Some(from), Some(to)) =
+            (opaque >= SPLICE_MIN, r.plain_socket(), w.plain_socket())
+        {
+            if self.pipe.is_none() {
+                // Out of descriptors, say: copying still works.
+                self.pipe = Pipe::new().ok();
+            }
+            if let Some(pipe) = self.pipe.as_mut() {
+                let n = ready!(pipe.poll_fill(cx, from, opaque as usize))?;
+                if let Some(b) = boundary {
+                    b.skipped(n as u64);
+                }
+                // On at once, like the copy path; what the socket does not
+                // take now goes before the next read (`poll_pending`).
+                if let Poll::Ready(Err(e)) = pipe.poll_drain(cx, to) {
+                    return Poll::Ready(Err(e));
+                }
+                return Poll::Ready(Ok(n));
+            }
+        }
+        if self.pipe.as_ref().is_some_and(|p| p.held() == 0) {
+            self.pipe = None;
+        }
+        self.poll_read_through(cx, r, w, boundary)
     }
 
     /// Reads once into the thread's scratch buffer and writes it on at
@@ -446,6 +510,70 @@ mod tests {
         let done = bridge.await.unwrap();
         assert!(matches!(done.end, End::Closed), "{:?}", done.end);
         assert_eq!((done.up, done.down), (up.len() as u64, down.len() as u64));
+    }
+
+    /// Two plain TCP sockets: the literal's body moves by splice(2), and
+    /// the boundary tracker still knows where it ends.
+    #[tokio::test]
+    async fn a_large_literal_between_plain_sockets_is_spliced_and_a_kick_waits_for_its_end() {
+        use crate::net::stream::Stream;
+        use tokio::net::{TcpListener, TcpStream};
+        async fn pair() -> (TcpStream, TcpStream) {
+            let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let a = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+            let (b, _) = l.accept().await.unwrap();
+            (a, b)
+        }
+        let (mut client, proxy_c) = pair().await;
+        let (proxy_b, mut backend) = pair().await;
+        let kick = CancellationToken::new();
+        let k = kick.clone();
+        let shutdown = CancellationToken::new();
+        let bridge = tokio::spawn(async move {
+            let (mut c, mut b) = (Stream::Plain(proxy_c), Stream::Plain(proxy_b));
+            let stops = Stops {
+                kick: &k,
+                shutdown: &shutdown,
+                idle: Duration::from_secs(60),
+                until: None,
+            };
+            let done = splice(&mut c, &mut b, stops, &mut ResponseBoundary::default()).await;
+            if done.at_boundary {
+                c.write_all(b"* BYE moved\r\n").await.unwrap();
+            }
+            done
+        });
+        let body: Vec<u8> = (0..5_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let mut sent = format!("* 1 FETCH (BODY[] {{{}}}\r\n", body.len()).into_bytes();
+        sent.extend_from_slice(&body);
+        sent.extend_from_slice(b")\r\n");
+        let (half, rest) = sent.split_at(2_000_000);
+        let rest = rest.to_vec();
+        backend.write_all(half).await.unwrap();
+        let mut got = vec![0u8; 1_000_000];
+        client.read_exact(&mut got).await.unwrap();
+        kick.cancel();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let writer = tokio::spawn(async move {
+            backend.write_all(&rest).await.unwrap();
+            backend
+        });
+        let done = bridge.await.unwrap();
+        assert!(
+            matches!(done.end, End::Kicked) && done.at_boundary,
+            "{done:?}"
+        );
+        assert_eq!(done.down, sent.len() as u64);
+        drop(writer.await.unwrap());
+        client.read_to_end(&mut got).await.unwrap();
+        let mut want = sent.clone();
+        want.extend_from_slice(b"* BYE moved\r\n");
+        assert!(
+            got == want,
+            "stream differs ({} vs {} bytes)",
+            got.len(),
+            want.len()
+        );
     }
 
     #[tokio::test]

@@ -1,5 +1,5 @@
 //! Transport: listeners, TLS, the stream type, backend connections and the
-//! byte bridge.
+//! byte bridge (with zero-copy for large literals between plain sockets).
 
 pub mod backend;
 pub mod bridge;
@@ -10,3 +10,4 @@ pub mod proxy_header;
 pub mod stream;
 pub mod throttle;
 pub mod tls;
+pub mod zerocopy;

@@ -40,6 +40,26 @@ impl Stream {
     }
 }
 
+/// The plain TCP socket under a stream, if no TLS is layered on it: the
+/// bridge can then move large literals with splice(2).
+pub trait PlainSocket {
+    fn plain_socket(&self) -> Option<&TcpStream> {
+        None
+    }
+}
+
+impl PlainSocket for Stream {
+    fn plain_socket(&self) -> Option<&TcpStream> {
+        match self {
+            Stream::Plain(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+/// In-memory streams (tests) always take the copying path.
+impl PlainSocket for tokio::io::DuplexStream {}
+
 macro_rules! each {
     ($self:ident, $s:ident => $e:expr) => {
         match $self.get_mut() {

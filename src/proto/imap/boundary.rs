@@ -83,6 +83,14 @@ impl Boundary for ResponseBoundary {
     fn at_boundary(&self) -> bool {
         self.literal == 0 && !self.in_line
     }
+
+    fn opaque_ahead(&self) -> u64 {
+        self.literal
+    }
+
+    fn skipped(&mut self, n: u64) {
+        self.literal -= n.min(self.literal);
+    }
 }
 
 #[cfg(test)]
