@@ -40,7 +40,11 @@ impl PonteProc {
             let listeners = [addr(0), addr(1), addr(2), addr(3)];
             std::fs::write(&config, config_text(dir, cert, key, listeners, backend))
                 .expect("write ponte.toml");
-            let mut cmd = Command::new(env!("CARGO_BIN_EXE_ponte"));
+            // `PONTE_BENCH_BIN`: another build of ponte (an A/B of two
+            // commits on one machine state), else the one cargo just built.
+            let bin = std::env::var_os("PONTE_BENCH_BIN")
+                .unwrap_or_else(|| env!("CARGO_BIN_EXE_ponte").into());
+            let mut cmd = Command::new(bin);
             cmd.arg("serve").arg("--config").arg(&config);
             // ponte reads PONTE_<SECTION>__<KEY> overrides and rejects unknown
             // keys, so none of ours (PONTE_BENCH_…, PONTE_LOG) may reach it;
