@@ -553,19 +553,21 @@ mod tests {
         let mut got = vec![0u8; 1_000_000];
         client.read_exact(&mut got).await.unwrap();
         kick.cancel();
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let writer = tokio::spawn(async move {
-            backend.write_all(&rest).await.unwrap();
-            backend
+        // The client reads on: the drain to the literal's end needs room.
+        let reader = tokio::spawn(async move {
+            client.read_to_end(&mut got).await.unwrap();
+            got
         });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        backend.write_all(&rest).await.unwrap();
         let done = bridge.await.unwrap();
         assert!(
             matches!(done.end, End::Kicked) && done.at_boundary,
             "{done:?}"
         );
         assert_eq!(done.down, sent.len() as u64);
-        drop(writer.await.unwrap());
-        client.read_to_end(&mut got).await.unwrap();
+        drop(backend);
+        let got = reader.await.unwrap();
         let mut want = sent.clone();
         want.extend_from_slice(b"* BYE moved\r\n");
         assert!(
