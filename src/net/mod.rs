@@ -10,4 +10,5 @@ pub mod proxy_header;
 pub mod stream;
 pub mod throttle;
 pub mod tls;
+pub mod tls_server;
 pub mod zerocopy;

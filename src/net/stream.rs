@@ -8,12 +8,14 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio_rustls::{client, server};
+use tokio_rustls::client;
+
+use super::tls_server::TlsServer;
 
 pub enum Stream {
     Plain(TcpStream),
     /// A client connection we terminate TLS for.
-    Server(Box<server::TlsStream<TcpStream>>),
+    Server(Box<TlsServer>),
     /// A backend connection we opened with TLS.
     Client(Box<client::TlsStream<TcpStream>>),
 }
@@ -26,7 +28,7 @@ impl Stream {
     /// The server name the client asked for (SNI), if any.
     pub fn sni(&self) -> Option<&str> {
         match self {
-            Stream::Server(s) => s.get_ref().1.server_name(),
+            Stream::Server(s) => s.sni(),
             _ => None,
         }
     }
@@ -117,7 +119,7 @@ impl AsyncWrite for Stream {
     fn is_write_vectored(&self) -> bool {
         match self {
             Stream::Plain(s) => s.is_write_vectored(),
-            Stream::Server(s) => s.is_write_vectored(),
+            Stream::Server(_) => false,
             Stream::Client(s) => s.is_write_vectored(),
         }
     }

@@ -126,14 +126,12 @@ pub async fn accept(
     tcp: tokio::net::TcpStream,
     deadline: tokio::time::Instant,
 ) -> Result<super::stream::Stream, Handshake> {
-    // Boxed, and freed once the handshake is over: the handshake's state
-    // holds a whole `TlsStream` (~1.2 KiB) plus a timer, and the caller's
-    // future would otherwise keep room for it for the session's life (the
-    // task of every idle IMAPS, and plain, session was ~1.4 KiB larger).
-    // One expression, so that no moved-from local keeps that room either.
+    // Boxed, and freed once the handshake is over: the caller's future
+    // would otherwise keep room for the handshake's state and its timer for
+    // the session's life (the task of every idle session).
     let handshake = Box::pin(tokio::time::timeout_at(
         deadline,
-        tokio_rustls::TlsAcceptor::from(config).accept(tcp),
+        super::tls_server::TlsServer::accept(config, tcp),
     ));
     match handshake.await {
         Ok(Ok(tls)) => Ok(super::stream::Stream::Server(Box::new(tls))),
