@@ -1,7 +1,9 @@
 //! Mail ponte sends outside the managed domains, and backends named by
 //! domain: a DSN for a sender at another provider goes to that domain's
 //! MX host, found with a real DNS server (dnsmasq) on loopback; a null
-//! MX domain gets none and the spool still empties. Only 127.0.0.0/8.
+//! MX domain gets none and the spool still empties. Mail hosts that offer
+//! STARTTLS get the message over TLS; one whose handshake fails gets it in
+//! clear text on a second connection. Only 127.0.0.0/8.
 
 mod common;
 
@@ -10,7 +12,7 @@ use std::time::{Duration, Instant};
 use common::admin::Api;
 use common::dnsmasq::DnsmasqOptions;
 use common::net::LineConn;
-use common::smtp_sink::SmtpSink;
+use common::smtp_sink::{SinkTls, SmtpSink};
 use common::world::World;
 use serde_json::json;
 
@@ -59,7 +61,7 @@ fn spool_empty(w: &World) -> bool {
 
 #[test]
 fn a_dsn_for_another_providers_sender_goes_to_its_mx_and_a_null_mx_gets_none() {
-    let sink = SmtpSink::start("mx.other.example");
+    let sink = SmtpSink::start_tls("mx.other.example", SinkTls::Offer);
     let dns = DnsmasqOptions::new()
         .local("other.example")
         .local("nomail.example")
@@ -82,6 +84,7 @@ fn a_dsn_for_another_providers_sender_goes_to_its_mx_and_a_null_mx_gets_none() {
 
     set_state(&w, ghost, "migrated");
     let got = sink.wait_for(1);
+    assert!(got[0].tls, "the MX host offered STARTTLS");
     assert_eq!(got[0].mail_from, "", "a DSN has the null sender");
     assert_eq!(got[0].rcpt_to, ["mittente@other.example"]);
     assert_eq!(got[0].helo, "mx.pec.example");
@@ -107,10 +110,24 @@ fn a_dsn_for_another_providers_sender_goes_to_its_mx_and_a_null_mx_gets_none() {
 }
 
 #[test]
-fn a_backend_named_by_domain_gets_inbound_mail_at_its_mx_host() {
+fn a_backend_named_by_domain_gets_inbound_mail_at_its_mx_host_over_tls() {
+    let got = to_backend_mx_host(SinkTls::Offer);
+    assert!(got.tls, "the MX host offered STARTTLS");
+}
+
+#[test]
+fn an_mx_host_whose_tls_handshake_fails_gets_the_mail_in_clear_text() {
+    let got = to_backend_mx_host(SinkTls::Broken);
+    assert!(!got.tls);
+}
+
+/// Mail for carol (migrated) to the new backend, whose inbound endpoint
+/// is `mx://new-provider.example` and whose MX host is a sink that does
+/// `tls`: what it received, once.
+fn to_backend_mx_host(tls: SinkTls) -> common::smtp_sink::Received {
     // The new backend's inbound endpoint becomes mx://new-provider.example
     // (port: the sink's), whose MX host is the SMTP sink on loopback.
-    let sink = SmtpSink::start("mx.new-provider.example");
+    let sink = SmtpSink::start_tls("mx.new-provider.example", tls);
     let dns = DnsmasqOptions::new()
         .local("new-provider.example")
         .mx("new-provider.example", "mx1.new-provider.example", 10)
@@ -140,4 +157,34 @@ fn a_backend_named_by_domain_gets_inbound_mail_at_its_mx_host() {
     let got = sink.wait_for(1);
     assert_eq!(got[0].rcpt_to, [common::world::CAROL.address]);
     assert!(got[0].text().contains("Message-ID: <via-mx@other.example>"));
+    assert_eq!(sink.settle().len(), 1, "delivered once");
+    got[0].clone()
+}
+
+#[test]
+fn a_dsn_to_an_mx_host_whose_tls_fails_goes_in_clear_text() {
+    let sink = SmtpSink::start_tls("mx.other.example", SinkTls::Broken);
+    let dns = DnsmasqOptions::new()
+        .local("other.example")
+        .mx("other.example", "mx.other.example", 10)
+        .host("mx.other.example", "127.0.0.1")
+        .start();
+    let outbound = format!(
+        "\n[outbound]\nhostname = \"mx.pec.example\"\nnameservers = [\"{}\"]\nmx_port = {}\n",
+        dns.addr(),
+        sink.addr().port()
+    );
+    let w = World::start_with(&outbound);
+    let ghost = "ghost@pec.example";
+    set_state(&w, ghost, "blackout");
+    let out = send(&w, "mittente@other.example", ghost, "tls-broken");
+    assert!(out.starts_with("250"), "{out}");
+    set_state(&w, ghost, "migrated");
+    let got = sink.wait_for(1);
+    assert!(!got[0].tls);
+    assert_eq!(got[0].rcpt_to, ["mittente@other.example"]);
+    assert!(got[0]
+        .text()
+        .contains("Message-ID: <tls-broken@other.example>"));
+    assert_eq!(sink.settle().len(), 1, "delivered once");
 }

@@ -4,11 +4,14 @@
 //! SMTP, one per accepted recipient for LMTP. The message bytes are sent
 //! as given: the caller has already prepended its `Received:` header.
 //! The endpoint is plain TCP: inbound delivery carries no credentials.
+//! To another provider's mail host (MX) the session moves to TLS when the
+//! host offers STARTTLS (opportunistic, RFC 3207 and RFC 7435).
 
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
+use tokio_rustls::TlsConnector;
 
 use super::lines::Lines;
 use super::reply::Reply;
@@ -57,30 +60,56 @@ pub async fn deliver(
     t: Timeouts,
 ) -> Result<Vec<Reply>, BackendError> {
     let ep = inbound(backend)?;
-    let stream = if ep.mx {
-        let dns = dns.ok_or_else(|| backend.protocol_error("no DNS resolver for mx://"))?;
-        let (tcp, _host) = dns
-            .connect_mail_host(&ep.host, ep.port, t.connect)
-            .await
-            .map_err(|e| BackendError::Connect {
-                backend: backend.name.clone(),
-                addr: format!("mx:{}", ep.host),
-                source: std::io::Error::other(e.to_string()),
-            })?;
-        Stream::Plain(tcp)
-    } else {
-        backend.connect(ep, t.connect).await?
-    };
-    transact(&backend.name, stream, ep.lmtp, HELO_NAME, msg, t).await
+    if !ep.mx {
+        let stream = backend.connect(ep, t.connect).await?;
+        return transact(&backend.name, stream, ep.lmtp, HELO_NAME, None, msg, t).await;
+    }
+    let dns = dns.ok_or_else(|| backend.protocol_error("no DNS resolver for mx://"))?;
+    // Another provider's mail host: STARTTLS if offered; a host whose
+    // handshake fails gets the message in clear text rather than never.
+    match deliver_mx(backend, ep, dns, msg, t, true).await {
+        Err(e @ BackendError::Tls { .. }) => {
+            tracing::warn!(error = %e, "STARTTLS failed; delivering without TLS");
+            deliver_mx(backend, ep, dns, msg, t, false).await
+        }
+        other => other,
+    }
+}
+
+/// One delivery to the mail host of `ep` (`mx://domain`), with
+/// opportunistic STARTTLS if `tls`.
+async fn deliver_mx(
+    backend: &Backend,
+    ep: &Endpoint,
+    dns: &Dns,
+    msg: &Message<'_>,
+    t: Timeouts,
+    tls: bool,
+) -> Result<Vec<Reply>, BackendError> {
+    let (tcp, host) = dns
+        .connect_mail_host(&ep.host, ep.port, t.connect)
+        .await
+        .map_err(|e| BackendError::Connect {
+            backend: backend.name.clone(),
+            addr: format!("mx:{}", ep.host),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+    let tls_name = tls.then_some(host.trim_end_matches('.'));
+    let stream = Stream::Plain(tcp);
+    transact(&backend.name, stream, ep.lmtp, HELO_NAME, tls_name, msg, t).await
 }
 
 /// The transaction of [`deliver`] on a connected `stream` to `peer`,
 /// which speaks LMTP if `lmtp`; `helo` is ponte's name in EHLO/LHLO.
+/// With `tls_name` (the host's name, for SNI) the session moves to TLS if
+/// the server offers STARTTLS; a failed handshake is a
+/// [`BackendError::Tls`], after which the caller may try again without.
 pub async fn transact(
     peer: &str,
     stream: Stream,
     lmtp: bool,
     helo: &str,
+    tls_name: Option<&str>,
     msg: &Message<'_>,
     t: Timeouts,
 ) -> Result<Vec<Reply>, BackendError> {
@@ -92,8 +121,24 @@ pub async fn transact(
     };
     c.expect(220, "greeting").await?;
     let hello = if lmtp { "LHLO" } else { "EHLO" };
-    c.command(&format!("{hello} {helo}\r\n"), 250, hello)
-        .await?;
+    let hello_line = format!("{hello} {helo}\r\n");
+    let offer = c.exchange(&hello_line).await?;
+    if offer.code != 250 {
+        return Err(c.protocol_error(format!("{hello}: {}", offer.text())));
+    }
+    if let Some(name) = tls_name.filter(|_| offers(&offer, "STARTTLS")) {
+        let reply = c.exchange("STARTTLS\r\n").await?;
+        if reply.code != 220 {
+            // Offered but refused: like a failed handshake, clear text next.
+            return Err(BackendError::Tls {
+                backend: peer.to_string(),
+                source: std::io::Error::other(format!("STARTTLS: {}", reply.text())),
+            });
+        }
+        c = c.start_tls(name).await?;
+        // RFC 3207 §4.2: everything learnt before TLS is forgotten.
+        c.command(&hello_line, 250, hello).await?;
+    }
     // Declared from the bytes themselves: the spool keeps no MAIL parameters.
     let eight_bit = msg.data.iter().any(|&b| b >= 0x80);
     let body = if eight_bit { " BODY=8BITMIME" } else { "" };
@@ -140,7 +185,64 @@ fn inbound(backend: &Backend) -> Result<&Endpoint, BackendError> {
     backend.endpoint(crate::config::Protocol::Smtp)
 }
 
-impl Conn<'_> {
+/// Whether an EHLO reply lists `keyword` (RFC 5321 §4.1.1.1: one per line
+/// after the first, then its parameters).
+fn offers(ehlo: &Reply, keyword: &str) -> bool {
+    ehlo.raw
+        .split(|&b| b == b'\n')
+        .skip(1)
+        .filter_map(|line| line.get(4..))
+        .any(|rest| {
+            let word = rest
+                .split(|b| b.is_ascii_whitespace())
+                .next()
+                .unwrap_or(b"");
+            word.eq_ignore_ascii_case(keyword.as_bytes())
+        })
+}
+
+impl<'a> Conn<'a> {
+    /// The TLS handshake after STARTTLS's 220.
+    async fn start_tls(self, name: &str) -> Result<Conn<'a>, BackendError> {
+        let tls_error = |source| BackendError::Tls {
+            backend: self.peer.to_string(),
+            source,
+        };
+        // Bytes after the 220 would have been injected in clear text (the
+        // STARTTLS injection class of attacks): never read as TLS.
+        if self.lines.pending() > 0 {
+            return Err(tls_error(std::io::Error::other(
+                "data after STARTTLS's 220",
+            )));
+        }
+        let server = rustls_pki_types::ServerName::try_from(name.to_string())
+            .map_err(|e| tls_error(std::io::Error::new(std::io::ErrorKind::InvalidInput, e)))?;
+        let (peer, limit) = (self.peer, self.limit);
+        let Some(tcp) = self.stream.into_plain() else {
+            return Err(BackendError::Protocol {
+                backend: peer.to_string(),
+                reason: "STARTTLS on a TLS session".into(),
+            });
+        };
+        let connector = TlsConnector::from(crate::net::tls::opportunistic_client_config());
+        let tls = match tokio::time::timeout(limit, connector.connect(server, tcp)).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => return Err(tls_error(e)),
+            Err(_) => {
+                return Err(tls_error(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "TLS handshake timed out",
+                )))
+            }
+        };
+        Ok(Conn {
+            peer,
+            stream: Stream::Client(Box::new(tls)),
+            lines: Lines::new(MAX_LINE),
+            limit,
+        })
+    }
+
     fn protocol_error(&self, reason: impl Into<String>) -> BackendError {
         BackendError::Protocol {
             backend: self.peer.to_string(),
@@ -243,6 +345,22 @@ pub fn dot_stuff(data: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn starttls_is_seen_only_as_an_ehlo_keyword() {
+        let reply = |raw: &str| Reply {
+            code: 250,
+            raw: raw.as_bytes().to_vec(),
+        };
+        assert!(offers(
+            &reply("250-mx.example\r\n250-SIZE 100\r\n250-starttls\r\n250 8BITMIME\r\n"),
+            "STARTTLS"
+        ));
+        assert!(offers(&reply("250-mx\r\n250 STARTTLS\r\n"), "STARTTLS"));
+        // Not the greeting line's text, nor a longer keyword.
+        assert!(!offers(&reply("250 STARTTLS\r\n"), "STARTTLS"));
+        assert!(!offers(&reply("250-mx\r\n250 STARTTLSX\r\n"), "STARTTLS"));
+    }
 
     #[test]
     fn dot_stuffing_doubles_leading_dots_and_terminates() {
