@@ -116,8 +116,10 @@ async fn same_origin_posts(req: Request, next: Next) -> Response {
     next.run(req).await
 }
 
-/// Only the embedded assets, no framing, no referrer, no caching of pages
-/// that show mailbox addresses.
+/// Only the embedded assets, no framing, no referrer to other sites, no
+/// caching of pages that show mailbox addresses. (`no-referrer` would
+/// also make browsers send `Origin: null` on the dashboard's own form
+/// posts, which the origin check refuses.)
 async fn security_headers(mut res: Response) -> Response {
     let h = res.headers_mut();
     let set = [
@@ -127,7 +129,7 @@ async fn security_headers(mut res: Response) -> Response {
              connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
         ),
         (header::X_FRAME_OPTIONS, "DENY"),
-        (header::REFERRER_POLICY, "no-referrer"),
+        (header::REFERRER_POLICY, "same-origin"),
         (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
     ];
     for (name, value) in set {

@@ -1,0 +1,426 @@
+//! The admin dashboard end to end: a real headless Chromium signs in
+//! through the login form, flips a domain through the review and
+//! confirmation pages, and the next IMAP login through ponte lands on the
+//! new backend; a CSV with bad rows gets its per-row report. Screenshots
+//! go to `target/test-artifacts/dashboard/`. With curl: without a session
+//! nothing is shown or done, and a cross-site or token-less POST changes
+//! nothing.
+
+mod common;
+
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::admin::Api;
+use common::clients::curl;
+use common::net::LineConn;
+use common::webdriver::Browser;
+use common::world::{marker, World, ADMIN_TOKEN, ALICE, DAVE};
+use serde_json::Value;
+
+/// Where screenshots are kept after the run.
+fn artefacts() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"));
+    let target = if target.is_relative() {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(target)
+    } else {
+        target
+    };
+    target.join("test-artifacts").join("dashboard")
+}
+
+/// A world whose dashboard samples its charts every second.
+fn world() -> World {
+    let mut w = World::backends_only("");
+    let config = w
+        .config()
+        .replacen("[limits]", "history_interval = \"1s\"\n\n[limits]", 1);
+    w.start_config(&config);
+    w
+}
+
+#[track_caller]
+fn assert_png(png: &[u8], what: &str) {
+    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "{what} is not a PNG");
+    assert!(png.len() > 10_000, "{what}: only {} bytes", png.len());
+}
+
+fn login(c: &mut LineConn<TcpStream>, user: &str, pw: &str) {
+    let greeting = c.read_line();
+    assert!(greeting.starts_with("* OK"), "{greeting}");
+    let r = c.imap("a", &format!("LOGIN \"{user}\" \"{pw}\""));
+    assert!(r.status.starts_with("OK"), "login {user}: {}", r.status);
+}
+
+/// The subject of the first INBOX message, logged in through ponte.
+fn first_subject(w: &World, user: &str, pw: &str) -> String {
+    let mut c = LineConn::tcp(w.addr("imap"));
+    login(&mut c, user, pw);
+    assert!(c.imap("b", "EXAMINE INBOX").is_ok());
+    let r = c.imap("c", "FETCH 1 (BODY.PEEK[HEADER.FIELDS (SUBJECT)])");
+    assert!(r.is_ok(), "{}", r.status);
+    c.imap("z", "LOGOUT");
+    r.text()
+}
+
+fn domain_state(api: &Api, name: &str) -> String {
+    let (code, status) = api.get("/api/status");
+    assert_eq!(code, 200, "{status}");
+    status["domains"]
+        .as_array()
+        .and_then(|d| d.iter().find(|d| d["name"] == name))
+        .and_then(|d| d["state"].as_str())
+        .unwrap_or_else(|| panic!("no domain {name}: {status}"))
+        .to_string()
+}
+
+fn audit(api: &Api) -> Vec<Value> {
+    let (code, v) = api.get("/api/audit?limit=100");
+    assert_eq!(code, 200, "{v}");
+    v["audit"].as_array().cloned().unwrap_or_default()
+}
+
+#[test]
+fn a_browser_signs_in_flips_a_domain_and_the_next_imap_login_follows() {
+    let w = world();
+    let api = Api::new(w.addr("admin"));
+    let base = format!("http://{}", w.addr("admin"));
+    let b = Browser::start(1280, 1400);
+
+    // No session: the page sends the browser to the login form.
+    b.goto(&format!("{base}/dashboard"));
+    assert!(b.url().ends_with("/dashboard/login"), "{}", b.url());
+    b.type_into("#token", "not-the-token-0123456789");
+    b.click("form.login button");
+    b.wait_text("Wrong token.");
+
+    b.type_into("#token", ADMIN_TOKEN);
+    b.click("form.login button");
+    b.wait_text("signed in as ops");
+    assert!(b.url().ends_with("/dashboard"), "{}", b.url());
+    assert!(!b.url().contains(ADMIN_TOKEN));
+    // The session cookie is kept on http://127.0.0.1 (a secure context)
+    // although it is Secure, and scripts cannot read it.
+    let cookies = b.cookies();
+    let cookie = cookies
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["name"] == "ponte_dashboard"))
+        .unwrap_or_else(|| panic!("no session cookie: {cookies}"));
+    assert_eq!(cookie["httpOnly"], true, "{cookie}");
+    assert_eq!(cookie["secure"], true, "{cookie}");
+    assert_eq!(cookie["sameSite"], "Strict", "{cookie}");
+    assert_eq!(cookie["path"], "/dashboard", "{cookie}");
+    assert!(!cookie["value"].as_str().unwrap().contains(ADMIN_TOKEN));
+    assert_eq!(b.execute("return document.cookie;"), "");
+
+    // Alice is on the legacy store, with a session open.
+    assert!(
+        first_subject(&w, ALICE.address, ALICE.legacy_password.unwrap())
+            .contains(&marker("legacy", ALICE.address))
+    );
+    let mut open = w.login(&ALICE, ALICE.legacy_password);
+    b.goto(&format!("{base}/dashboard"));
+    b.wait_text("Sessions open");
+
+    // Flip pec.example to migrated: the form, the review, the confirmation.
+    b.click("#fd-domain option[value=\"pec.example\"]");
+    b.click("#fd-state option[value=\"migrated\"]");
+    b.click("#flip-domain button");
+    let review = b.wait_text("Flip domain pec.example from legacy to migrated");
+    assert!(
+        review.contains("1 open session(s) of this domain; 1 will be closed"),
+        "{review}"
+    );
+    assert_eq!(
+        domain_state(&api, "pec.example"),
+        "legacy",
+        "the review changed nothing"
+    );
+    b.click("form.confirm button");
+    b.wait_text("Domain pec.example: legacy → migrated; 1 session(s) closed.");
+    assert!(b.url().ends_with("/dashboard"), "{}", b.url());
+    assert_eq!(domain_state(&api, "pec.example"), "migrated");
+
+    // The open session was told to go; the next login lands on the new store.
+    open.get_mut()
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let bye = open.read_line();
+    assert!(bye.starts_with("* BYE"), "{bye}");
+    assert!(
+        first_subject(&w, ALICE.address, ALICE.new_password.unwrap())
+            .contains(&marker("new", ALICE.address))
+    );
+
+    // Audited under the token's name, as `ponte ctl` would be.
+    let entries = audit(&api);
+    assert!(
+        entries.iter().any(|a| a["who"] == "ops"
+            && a["what"] == "domain pec.example"
+            && a["new"] == "migrated"),
+        "{entries:?}"
+    );
+
+    // Live updates arrive over server-sent events; the charts fill in.
+    b.wait_text("Live: updated at");
+    b.wait_text("Sessions open:");
+    b.wait_text("ops");
+    let page = b.source();
+    assert!(page.contains("<polyline"), "no chart");
+    let main = b.screenshot(&artefacts().join("main.png"));
+    assert_png(&main, "main page screenshot");
+
+    // The same page on a phone-sized window.
+    b.set_window(390, 1200);
+    let phone = b.screenshot(&artefacts().join("main-phone.png"));
+    assert_png(&phone, "phone screenshot");
+    b.set_window(1280, 1400);
+
+    // A list with bad rows: refused as a whole, each bad row reported.
+    b.type_into(
+        "#im-csv",
+        "address,state\ndave@pec.example,blackout\nnobody@elsewhere.example,migrated\ndave@pec.example,flying\n",
+    );
+    b.click("#import button");
+    let report = b.wait_text("Nothing was imported: 2 bad row(s)");
+    assert!(report.contains("line 3"), "{report}");
+    assert!(
+        report.contains("elsewhere.example is not a configured domain"),
+        "{report}"
+    );
+    assert!(report.contains("line 4"), "{report}");
+    assert!(report.contains("unknown state \"flying\""), "{report}");
+    let shot = b.screenshot(&artefacts().join("import-errors.png"));
+    assert_png(&shot, "import report screenshot");
+    let (_, mb) = api.get("/api/mailboxes/dave@pec.example");
+    assert_eq!(mb["state"], "migrated", "nothing imported: {mb}");
+
+    // A good list: reviewed, then imported.
+    b.goto(&format!("{base}/dashboard"));
+    b.type_into("#im-csv", "dave@pec.example,blackout\n");
+    b.click("#import button");
+    b.wait_text("Import 1 row(s):");
+    b.click("form.confirm button");
+    b.wait_text("Imported 1 row(s): 1 mailbox(es) changed");
+    let (_, mb) = api.get(&format!("/api/mailboxes/{}", DAVE.address));
+    assert_eq!(mb["state"], "blackout", "{mb}");
+
+    // Signing out ends the session: the page asks for the token again.
+    b.click("header form button");
+    b.wait_text("Admin token");
+    b.goto(&format!("{base}/dashboard"));
+    assert!(b.url().ends_with("/dashboard/login"), "{}", b.url());
+}
+
+/// A curl response: status, headers (lower-case names), body.
+struct Reply {
+    status: u16,
+    headers: String,
+    body: String,
+}
+
+/// `curl -i` with extra arguments against the admin listener.
+fn http(w: &World, args: &[&str], path: &str) -> Reply {
+    let url = format!("http://{}{path}", w.addr("admin"));
+    let mut all = vec!["-i"];
+    all.extend_from_slice(args);
+    all.push(&url);
+    let out = curl(&all).expect_ok(path).stdout;
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    Reply {
+        status,
+        headers: head.to_ascii_lowercase(),
+        body: body.to_string(),
+    }
+}
+
+/// A form POST with the session cookie (if any) and extra headers.
+fn post(w: &World, path: &str, cookie: Option<&str>, extra: &[&str], form: &str) -> Reply {
+    let cookie_header = cookie.map(|c| format!("Cookie: ponte_dashboard={c}"));
+    let mut args: Vec<&str> = vec!["-X", "POST", "--data", form];
+    if let Some(c) = &cookie_header {
+        args.extend(["-H", c]);
+    }
+    for h in extra {
+        args.extend(["-H", h]);
+    }
+    http(w, &args, path)
+}
+
+#[test]
+fn without_a_session_or_from_another_site_nothing_is_shown_or_changed() {
+    let w = world();
+    let api = Api::new(w.addr("admin"));
+    let flip = "action=domain&domain=pec.example&state=excluded";
+
+    // No session: pages send to the login form, actions are refused.
+    for path in [
+        "/dashboard",
+        "/dashboard/events",
+        "/dashboard/confirm?action=domain&domain=pec.example&state=excluded",
+    ] {
+        let r = http(&w, &[], path);
+        assert_eq!(r.status, 303, "{path}");
+        assert!(
+            r.headers.contains("location: /dashboard/login"),
+            "{path}: {}",
+            r.headers
+        );
+        assert!(!r.body.contains("pec.example"), "{path}");
+    }
+    // The API's bearer token does not open the dashboard either.
+    let bearer = format!("Authorization: Bearer {ADMIN_TOKEN}");
+    assert_eq!(http(&w, &["-H", &bearer], "/dashboard").status, 303);
+    for path in ["/dashboard/do", "/dashboard/import", "/dashboard/logout"] {
+        let r = post(&w, path, None, &[], &format!("{flip}&csv=a"));
+        assert_eq!(r.status, 401, "{path}");
+    }
+    let r = post(&w, "/dashboard/do", Some("0123abcd"), &[], flip);
+    assert_eq!(r.status, 401, "a made-up session");
+
+    // A wrong token at the login form: no session. The token is never
+    // taken from the URL.
+    let r = post(
+        &w,
+        "/dashboard/login",
+        None,
+        &[],
+        "token=wrong-token-0123456789",
+    );
+    assert_eq!(r.status, 401);
+    assert!(!r.headers.contains("set-cookie"));
+    let r = post(
+        &w,
+        &format!("/dashboard/login?token={ADMIN_TOKEN}"),
+        None,
+        &[],
+        "x=1",
+    );
+    assert_eq!(r.status, 401);
+    // A login form posted from another site is refused too.
+    let r = post(
+        &w,
+        "/dashboard/login",
+        None,
+        &["Origin: http://evil.example"],
+        &format!("token={ADMIN_TOKEN}"),
+    );
+    assert_eq!(r.status, 403);
+    assert!(!r.headers.contains("set-cookie"));
+
+    // Sign in; the cookie carries a session id, never the token.
+    let r = post(
+        &w,
+        "/dashboard/login",
+        None,
+        &[],
+        &format!("token={ADMIN_TOKEN}"),
+    );
+    assert_eq!(r.status, 303, "{}", r.headers);
+    let set = r
+        .headers
+        .lines()
+        .find(|l| l.starts_with("set-cookie: ponte_dashboard="))
+        .unwrap_or_else(|| panic!("no cookie: {}", r.headers))
+        .to_string();
+    for flag in ["httponly", "secure", "samesite=strict", "path=/dashboard"] {
+        assert!(set.contains(flag), "{set}");
+    }
+    assert!(!set.contains(&ADMIN_TOKEN.to_ascii_lowercase()));
+    let id = set["set-cookie: ponte_dashboard=".len()..]
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let cookie = format!("Cookie: ponte_dashboard={id}");
+    let page = http(&w, &["-H", &cookie], "/dashboard");
+    assert_eq!(page.status, 200);
+    assert!(page
+        .headers
+        .contains("content-security-policy: default-src 'none'"));
+    assert!(page.headers.contains("x-frame-options: deny"));
+    let csrf = page
+        .body
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .expect("a CSRF token in the page")
+        .to_string();
+    assert_eq!(csrf.len(), 64);
+
+    // Signed in, but from another site, or without the form's token:
+    // refused, and nothing changes.
+    let with_csrf = format!("{flip}&csrf={csrf}");
+    for (extra, form) in [
+        (vec!["Origin: http://evil.example"], with_csrf.as_str()),
+        (vec!["Origin: null"], with_csrf.as_str()),
+        (vec!["Sec-Fetch-Site: cross-site"], with_csrf.as_str()),
+        (vec!["Sec-Fetch-Site: same-site"], with_csrf.as_str()),
+        (vec![], flip),
+        (vec![], &format!("{flip}&csrf={}", "0".repeat(64))),
+    ] {
+        let r = post(&w, "/dashboard/do", Some(&id), &extra, form);
+        assert_eq!(r.status, 403, "{extra:?} {form}");
+    }
+    let r = post(
+        &w,
+        "/dashboard/import",
+        Some(&id),
+        &["Origin: http://evil.example"],
+        &format!("csrf={csrf}&csv=alice%40pec.example%2Cexcluded"),
+    );
+    assert_eq!(r.status, 403);
+    assert_eq!(domain_state(&api, "pec.example"), "legacy");
+    let (_, alice) = api.get("/api/mailboxes/alice@pec.example");
+    assert_eq!(alice["source"], "domain", "{alice}");
+    assert!(
+        audit(&api).iter().all(|a| a["new"] != "excluded"),
+        "a refused request left an audit entry"
+    );
+
+    // The same request from the dashboard's own page is done and audited.
+    let own = format!("Origin: http://{}", w.addr("admin"));
+    let r = post(
+        &w,
+        "/dashboard/do",
+        Some(&id),
+        &[&own, "Sec-Fetch-Site: same-origin"],
+        &with_csrf,
+    );
+    assert_eq!(r.status, 303, "{}", r.body);
+    assert_eq!(domain_state(&api, "pec.example"), "excluded");
+    assert!(audit(&api)
+        .iter()
+        .any(|a| a["who"] == "ops" && a["what"] == "domain pec.example" && a["new"] == "excluded"));
+
+    // Signed out, the old cookie opens nothing.
+    let r = post(
+        &w,
+        "/dashboard/logout",
+        Some(&id),
+        &[],
+        &format!("csrf={csrf}"),
+    );
+    assert_eq!(r.status, 303);
+    assert_eq!(http(&w, &["-H", &cookie], "/dashboard").status, 303);
+    assert_eq!(
+        post(&w, "/dashboard/do", Some(&id), &[], &with_csrf).status,
+        401
+    );
+
+    // The bearer-token API is as it was.
+    assert_eq!(api.get("/api/status").0, 200);
+    let anonymous = Api {
+        addr: w.addr("admin"),
+        token: None,
+    };
+    assert_eq!(anonymous.get("/api/status").0, 401);
+}
