@@ -83,6 +83,22 @@ fn audit(api: &Api) -> Vec<Value> {
     v["audit"].as_array().cloned().unwrap_or_default()
 }
 
+/// Waits until the element's text contains `needle`.
+fn wait_for_text(b: &Browser, css: &str, needle: &str) {
+    let start = std::time::Instant::now();
+    loop {
+        let text = b.text(css);
+        if text.contains(needle) {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{needle:?} not in {css}:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 #[test]
 fn a_browser_signs_in_flips_a_domain_and_the_next_imap_login_follows() {
     let w = world();
@@ -164,12 +180,15 @@ fn a_browser_signs_in_flips_a_domain_and_the_next_imap_login_follows() {
         "{entries:?}"
     );
 
-    // Live updates arrive over server-sent events; the charts fill in.
+    // Live updates over server-sent events refresh the page in place: the
+    // login on the new backend shows up without a reload; the charts fill in.
     b.wait_text("Live: updated at");
+    wait_for_text(&b, "#backends-live", "new 20");
+    wait_for_text(&b, "#summary-live", "Logins ok since start\n3");
     b.wait_text("Sessions open:");
-    b.wait_text("ops");
-    let page = b.source();
-    assert!(page.contains("<polyline"), "no chart");
+    assert!(b.source().contains("<polyline"), "no chart");
+    // The whole page in one picture.
+    b.set_window(1280, 3200);
     let main = b.screenshot(&artefacts().join("main.png"));
     assert_png(&main, "main page screenshot");
 
@@ -195,6 +214,13 @@ fn a_browser_signs_in_flips_a_domain_and_the_next_imap_login_follows() {
     assert!(report.contains("unknown state \"flying\""), "{report}");
     let shot = b.screenshot(&artefacts().join("import-errors.png"));
     assert_png(&shot, "import report screenshot");
+    let kept = b.execute("return document.getElementById('im-csv').value;");
+    assert!(
+        kept.as_str()
+            .unwrap_or_default()
+            .contains("dave@pec.example,flying"),
+        "{kept}"
+    );
     let (_, mb) = api.get("/api/mailboxes/dave@pec.example");
     assert_eq!(mb["state"], "migrated", "nothing imported: {mb}");
 

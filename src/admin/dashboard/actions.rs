@@ -519,9 +519,12 @@ mod tests {
     fn form(pairs: &[(&str, &str)]) -> Form {
         let mut f = Form::default();
         for (k, v) in pairs {
+            if *k == "action" {
+                f.action = v.to_string();
+                continue;
+            }
             let v = Some(v.to_string());
             match *k {
-                "action" => f.action = v.unwrap(),
                 "domain" => f.domain = v,
                 "mailbox" => f.mailbox = v,
                 "state" => f.state = v,

@@ -69,15 +69,15 @@ impl FromRequestParts<Arc<AdminState>> for Signed {
 }
 
 /// Checks the form's CSRF token against the session's.
-fn check_csrf(who: &Signed, presented: Option<&str>) -> Result<(), Response> {
+fn check_csrf(who: &Signed, presented: Option<&str>) -> Result<(), Box<Response>> {
     match presented {
         Some(t) if csrf::same(t.as_bytes(), who.csrf.as_bytes()) => Ok(()),
         _ => {
             warn!(who = %who.name, "dashboard: POST without a valid CSRF token refused");
-            Err(refused(
+            Err(Box::new(refused(
                 StatusCode::FORBIDDEN,
                 "The form's security token is missing or stale: reload the page and try again.",
-            ))
+            )))
         }
     }
 }
@@ -126,7 +126,7 @@ pub struct CsrfOnly {
 
 pub async fn logout(State(s): St, who: Signed, Form(form): Form<CsrfOnly>) -> Response {
     if let Err(r) = check_csrf(&who, form.csrf.as_deref()) {
-        return r;
+        return *r;
     }
     s.dashboard.sessions.remove(&who);
     info!(who = %who.name, "dashboard sign-out");
@@ -222,7 +222,7 @@ pub async fn confirm(State(s): St, who: Signed, Query(form): Query<ActionForm>) 
 
 pub async fn perform(State(s): St, who: Signed, Form(form): Form<ActionForm>) -> Response {
     if let Err(r) = check_csrf(&who, form.csrf.as_deref()) {
-        return r;
+        return *r;
     }
     let action = match Action::parse(&form) {
         Ok(a) => a,
@@ -237,7 +237,7 @@ pub async fn perform(State(s): St, who: Signed, Form(form): Form<ActionForm>) ->
             s.dashboard.sessions.set_flash(&who, text);
             redirect("/dashboard")
         }
-        Err(ControlError::BadRows(rows)) => bad_rows(&who, &rows),
+        Err(ControlError::BadRows(rows)) => bad_rows(&who, &rows, None),
         Err(e) => control_error(&e),
     }
 }
@@ -278,7 +278,7 @@ pub struct ImportForm {
 /// or a review of what it will change.
 pub async fn import(State(s): St, who: Signed, Form(form): Form<ImportForm>) -> Response {
     if let Err(r) = check_csrf(&who, form.csrf.as_deref()) {
-        return r;
+        return *r;
     }
     if form.csv.len() > MAX_IMPORT {
         return refused(
@@ -297,7 +297,7 @@ pub async fn import(State(s): St, who: Signed, Form(form): Form<ImportForm>) -> 
         let known = |b: &str| ctx.backends.contains_key(b);
         match crate::route::parse_mailbox_csv(&csv, &ctx.config.domain, &known) {
             Ok(rows) => describe_import(&state, &rows).map(|what| Ok((what, csv))),
-            Err(crate::route::SeedError::Rows(bad)) => Ok(Err(bad)),
+            Err(crate::route::SeedError::Rows(bad)) => Ok(Err((bad, csv))),
             Err(other) => Err(ControlError::Invalid(other.to_string())),
         }
     })
@@ -319,14 +319,15 @@ pub async fn import(State(s): St, who: Signed, Form(form): Form<ImportForm>) -> 
                 "Import the list",
             )
         }
-        Ok(Ok(Err(bad))) => bad_rows(&who, &bad),
+        Ok(Ok(Err((bad, csv)))) => bad_rows(&who, &bad, Some(&csv)),
         Ok(Err(e)) => control_error(&e),
         Err(e) => control_error(&ControlError::Task(e.to_string())),
     }
 }
 
-/// The per-row error report of a refused import.
-fn bad_rows(who: &Signed, rows: &[String]) -> Response {
+/// The per-row error report of a refused import, with the list again
+/// (`csv`) to fix and check.
+fn bad_rows(who: &Signed, rows: &[String], csv: Option<&str>) -> Response {
     let mut body = format!(
         "<p class=\"flash bad\" role=\"alert\" id=\"import-errors\">Nothing was imported: {} bad row(s). Fix them and check the list again.</p>",
         rows.len()
@@ -342,6 +343,16 @@ fn bad_rows(who: &Signed, rows: &[String]) -> Response {
     }
     super::html::tfoot(&mut table);
     body.push_str(&table);
+    if let Some(csv) = csv {
+        let _ = write!(
+            body,
+            "<form method=\"post\" action=\"/dashboard/import\" class=\"confirm\">{}\
+             <label for=\"im-csv\">Rows</label><textarea id=\"im-csv\" name=\"csv\" rows=\"10\" required spellcheck=\"false\">{}</textarea>\
+             <button type=\"submit\">Check again</button></form>",
+            csrf_field(&who.csrf),
+            esc(csv)
+        );
+    }
     body.push_str("<p><a href=\"/dashboard#import\">Back to the dashboard</a></p>");
     (
         StatusCode::UNPROCESSABLE_ENTITY,

@@ -7,7 +7,7 @@
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -23,6 +23,8 @@ use crate::admin::AdminState;
 
 /// How often the figures are sent.
 pub const EVERY: Duration = Duration::from_secs(5);
+/// How long one rendering serves every stream.
+const FRESH: Duration = Duration::from_secs(2);
 
 /// One of the dashboard's stream slots (all sessions together).
 struct GlobalSlot(Arc<AtomicUsize>);
@@ -80,14 +82,26 @@ async fn next_event(st: &mut Stream) -> Event {
         st.done = true;
         return Event::default().event("signed-out").data("");
     }
-    match Overview::gather(&st.state.control).await {
-        Ok(o) => {
-            let h = &st.state.dashboard.history;
-            let json = pages::live_json(&o, &h.samples(), h.interval.as_secs());
-            Event::default().event("update").data(json.to_string())
-        }
+    match rendered(&st.state).await {
+        Ok(json) => Event::default().event("update").data(json.as_str()),
         Err(e) => Event::default()
             .event("problem")
             .data(e.to_string().replace(['\r', '\n'], " ")),
     }
+}
+
+/// The live sections as JSON, shared by every stream for [`FRESH`]: the
+/// cost of a tick does not grow with the number of pages open.
+async fn rendered(s: &AdminState) -> Result<Arc<String>, crate::control::ControlError> {
+    let cache = &s.dashboard.rendered;
+    if let Some((at, json)) = cache.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+        if at.elapsed() < FRESH {
+            return Ok(json.clone());
+        }
+    }
+    let o = Overview::gather(&s.control).await?;
+    let h = &s.dashboard.history;
+    let json = Arc::new(pages::live_json(&o, &h.samples(), h.interval.as_secs()).to_string());
+    *cache.lock().unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), json.clone()));
+    Ok(json)
 }

@@ -28,8 +28,8 @@ mod pages;
 mod session;
 
 use std::sync::atomic::AtomicUsize;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::{header, HeaderValue, Method, StatusCode};
@@ -51,6 +51,8 @@ pub struct Dashboard {
     pub history: Arc<History>,
     /// Live-update streams open, all sessions together.
     streams: Arc<AtomicUsize>,
+    /// The live sections last rendered for the streams, and when.
+    rendered: Mutex<Option<(Instant, Arc<String>)>>,
 }
 
 /// Live-update streams open at once, all sessions together.
@@ -65,6 +67,7 @@ impl Dashboard {
             sessions: Sessions::default(),
             history: Arc::new(History::new(interval)),
             streams: Arc::new(AtomicUsize::new(0)),
+            rendered: Mutex::new(None),
         }
     }
 
