@@ -450,3 +450,240 @@ fn without_a_session_or_from_another_site_nothing_is_shown_or_changed() {
     };
     assert_eq!(anonymous.get("/api/status").0, 401);
 }
+
+/// Signs in with curl; the session id and the page's CSRF token.
+fn sign_in(w: &World) -> (String, String) {
+    let r = post(
+        &w,
+        "/dashboard/login",
+        None,
+        &[],
+        &format!("token={ADMIN_TOKEN}"),
+    );
+    assert_eq!(r.status, 303, "{}", r.headers);
+    let id = r
+        .headers
+        .split("set-cookie: ponte_dashboard=")
+        .nth(1)
+        .and_then(|s| s.split(';').next())
+        .expect("session cookie")
+        .to_string();
+    let page = get(w, &id, "/dashboard");
+    let csrf = page
+        .body
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .expect("CSRF token")
+        .to_string();
+    (id, csrf)
+}
+
+fn get(w: &World, id: &str, path: &str) -> Reply {
+    let cookie = format!("Cookie: ponte_dashboard={id}");
+    http(w, &["-H", &cookie], path)
+}
+
+/// Reviews `query` (must be 200 and contain `expect`), then confirms it;
+/// returns the flash the dashboard shows next.
+fn review_and_do(w: &World, id: &str, csrf: &str, query: &str, expect: &str) -> String {
+    let review = get(w, id, &format!("/dashboard/confirm?{query}"));
+    assert_eq!(review.status, 200, "{query}: {}", review.body);
+    assert!(
+        review.body.contains(expect),
+        "{query}: {expect:?} not in\n{}",
+        review.body
+    );
+    // The confirmation carries the review's own hidden fields.
+    let confirm = review
+        .body
+        .split("class=\"confirm\">")
+        .nth(1)
+        .expect("a confirmation form");
+    let form = confirm
+        .split("</form>")
+        .next()
+        .unwrap_or_default()
+        .split("<input type=\"hidden\" name=\"")
+        .skip(1)
+        .filter_map(|f| {
+            let (name, rest) = f.split_once("\" value=\"")?;
+            let value = rest.split('"').next()?;
+            Some(format!(
+                "{name}={}",
+                value
+                    .replace("&amp;", "&")
+                    .replace('%', "%25")
+                    .replace('+', "%2B")
+                    .replace('&', "%26")
+            ))
+        })
+        .collect::<Vec<_>>()
+        .join("&");
+    assert!(form.contains(&format!("csrf={csrf}")), "{form}");
+    let done = post(w, "/dashboard/do", Some(id), &[], &form);
+    assert_eq!(done.status, 303, "{query}: {}", done.body);
+    let page = get(w, id, "/dashboard");
+    page.body
+        .split("id=\"flash\">")
+        .nth(1)
+        .and_then(|s| s.split("</div>").next())
+        .unwrap_or_else(|| panic!("no flash after {query}"))
+        .to_string()
+}
+
+/// Sends one message to `rcpt` through the inbound listener.
+fn send_mail(w: &World, rcpt: &str) {
+    let mut c = LineConn::tcp(w.addr("inbound"));
+    assert!(c.read_line().starts_with("220 "));
+    for (line, want) in [
+        ("HELO mx.sender.example".to_string(), "250 "),
+        ("MAIL FROM:<x@sender.example>".to_string(), "250 "),
+        (format!("RCPT TO:<{rcpt}>"), "250 "),
+        ("DATA".to_string(), "354 "),
+    ] {
+        c.send(&line);
+        let reply = c.read_line();
+        assert!(reply.starts_with(want), "{line}: {reply}");
+    }
+    c.send_raw(b"From: x@sender.example\r\nSubject: held\r\nMessage-ID: <held@sender.example>\r\n\r\nbody\r\n.\r\n");
+    let reply = c.read_line();
+    assert!(reply.starts_with("250 "), "{reply}");
+    c.send("QUIT");
+}
+
+#[test]
+fn each_action_is_reviewed_first_then_done_and_audited_under_the_token_name() {
+    let w = world();
+    let api = Api::new(w.addr("admin"));
+    let (id, csrf) = sign_in(&w);
+
+    // A mailbox flip: the review changes nothing, the confirmation does.
+    let q = "action=mailbox&mailbox=dave%40pec.example&state=migrated&backend=";
+    let review = get(&w, &id, &format!("/dashboard/confirm?{q}"));
+    assert!(review
+        .body
+        .contains("Set mailbox <strong>dave@pec.example</strong> from"));
+    let (_, dave) = api.get("/api/mailboxes/dave@pec.example");
+    assert_eq!(dave["source"], "domain", "{dave}");
+    let flash = review_and_do(&w, &id, &csrf, q, "New logins go to: <strong>new</strong>");
+    assert!(
+        flash.contains("Mailbox dave@pec.example: domain&#39;s state → migrated"),
+        "{flash}"
+    );
+    let (_, dave) = api.get("/api/mailboxes/dave@pec.example");
+    assert_eq!(
+        (dave["state"].as_str(), dave["source"].as_str()),
+        (Some("migrated"), Some("mailbox"))
+    );
+
+    // A schedule, in the admin's local time with its offset; then cancelled.
+    let q = "action=schedule&kind=domain&target=comune.example&state=blackout&at=2030-01-01T08%3A00&tz=%2B01%3A00";
+    let flash = review_and_do(&w, &id, &csrf, q, "2030-01-01 07:00:00Z");
+    assert!(
+        flash.contains("comune.example to blackout at 2030-01-01T07:00:00Z"),
+        "{flash}"
+    );
+    let (_, list) = api.get("/api/schedules");
+    let s = &list["schedules"][0];
+    assert_eq!(
+        (s["by"].as_str(), s["at"].as_str()),
+        (Some("ops"), Some("2030-01-01T07:00:00Z")),
+        "{list}"
+    );
+    let sid = s["id"].as_u64().unwrap();
+    let flash = review_and_do(
+        &w,
+        &id,
+        &csrf,
+        &format!("action=unschedule&id={sid}"),
+        "Cancel schedule",
+    );
+    assert!(
+        flash.contains(&format!("Schedule {sid} cancelled.")),
+        "{flash}"
+    );
+    assert_eq!(
+        api.get("/api/schedules").1["schedules"],
+        serde_json::json!([])
+    );
+
+    // Closing a mailbox's sessions.
+    let mut open = w.login(&ALICE, ALICE.legacy_password);
+    let flash = review_and_do(
+        &w,
+        &id,
+        &csrf,
+        "action=kick&kind=mailbox&target=alice%40pec.example",
+        "<strong>1</strong> now",
+    );
+    assert!(flash.contains("1 session(s) closed."), "{flash}");
+    open.get_mut()
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    assert!(open.read_line().starts_with("* BYE"));
+
+    // Holding and releasing a message spooled during a blackout.
+    let (code, _) = api.send_json(
+        "PUT",
+        "/api/domains/pec.example",
+        &serde_json::json!({"state": "blackout"}),
+    );
+    assert_eq!(code, 200);
+    send_mail(&w, ALICE.address);
+    let (_, list) = api.get("/api/queue/messages");
+    let mid = list["messages"][0]["id"]
+        .as_str()
+        .expect("a queued message")
+        .to_string();
+    let page = get(&w, &id, "/dashboard");
+    assert!(page.body.contains(&mid), "the queue section lists it");
+    let flash = review_and_do(
+        &w,
+        &id,
+        &csrf,
+        &format!("action=hold&id={mid}"),
+        "Hold message",
+    );
+    assert_eq!(flash, format!("Message {mid} held."));
+    assert_eq!(api.get(&format!("/api/queue/{mid}")).1["held"], true);
+    let flash = review_and_do(
+        &w,
+        &id,
+        &csrf,
+        &format!("action=release&id={mid}"),
+        "Release message",
+    );
+    assert_eq!(flash, format!("Message {mid} released."));
+
+    // Every change is in the audit log under the token's name.
+    let entries = audit(&api);
+    for what in ["mailbox dave@pec.example", "schedule", "queue"] {
+        assert!(
+            entries
+                .iter()
+                .any(|a| a["who"] == "ops" && a["what"].as_str().unwrap_or("").starts_with(what)),
+            "{what}: {entries:?}"
+        );
+    }
+
+    // What cannot be done is said, with the API's status; what is shown
+    // is escaped.
+    let r = get(
+        &w,
+        &id,
+        "/dashboard/confirm?action=domain&domain=nowhere.example&state=legacy",
+    );
+    assert_eq!(r.status, 404);
+    assert!(r.body.contains("nowhere.example is not a managed domain"));
+    assert_eq!(
+        get(&w, &id, "/dashboard/confirm?action=hold&id=zz").status,
+        400
+    );
+    let r = get(&w, &id, "/dashboard/confirm?action=mailbox&mailbox=%3Cscript%3Ealert(1)%3C%2Fscript%3E%40pec.example&state=legacy");
+    assert_eq!(r.status, 200);
+    assert!(r
+        .body
+        .contains("&lt;script&gt;alert(1)&lt;/script&gt;@pec.example"));
+    assert!(!r.body.contains("<script>alert"));
+}
