@@ -454,7 +454,7 @@ fn without_a_session_or_from_another_site_nothing_is_shown_or_changed() {
 /// Signs in with curl; the session id and the page's CSRF token.
 fn sign_in(w: &World) -> (String, String) {
     let r = post(
-        &w,
+        w,
         "/dashboard/login",
         None,
         &[],
