@@ -352,8 +352,8 @@ async fn serve_admin(
     let interval = admin
         .as_ref()
         .map_or(Duration::from_secs(60), |a| a.history_interval);
-    let dashboard = crate::admin::dashboard::Dashboard::new(interval);
-    dashboard.spawn_sampler(control.clone(), stop.clone());
+    let dashboard = crate::admin::dashboard::Dashboard::new(interval, stop.clone());
+    dashboard.spawn_sampler(control.clone());
     let state = Arc::new(AdminState {
         control,
         tokens,

@@ -687,3 +687,44 @@ fn each_action_is_reviewed_first_then_done_and_audited_under_the_token_name() {
         .contains("&lt;script&gt;alert(1)&lt;/script&gt;@pec.example"));
     assert!(!r.body.contains("<script>alert"));
 }
+
+#[test]
+fn an_open_live_page_gets_updates_and_does_not_hold_up_shutdown() {
+    use std::io::Read as _;
+    use std::process::{Command, Stdio};
+
+    let mut w = world();
+    let (id, _) = sign_in(&w);
+    let mut stream = Command::new("timeout")
+        .args(["30", "curl", "-sS", "-N", "-H"])
+        .arg(format!("Cookie: ponte_dashboard={id}"))
+        .arg(format!("http://{}/dashboard/events", w.addr("admin")))
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("curl");
+    let mut out = stream.stdout.take().expect("stdout");
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("summary-live") {
+        let n = out.read(&mut buf).expect("read the event stream");
+        assert!(n > 0, "stream ended: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+    assert!(String::from_utf8_lossy(&seen).starts_with("event: update\ndata: {"));
+
+    // Shutdown ends the stream instead of waiting for the page to close.
+    let started = std::time::Instant::now();
+    w.stop();
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
+    let status = stream.wait().expect("curl ends");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_ne!(
+        status.code(),
+        Some(124),
+        "curl timed out: the stream stayed open"
+    );
+}

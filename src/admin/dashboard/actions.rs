@@ -225,7 +225,7 @@ impl Action {
         match self {
             Action::Domain { domain, state } => {
                 let old = control.domain_state(domain)?;
-                let cfg = &ctx.config.domain[domain];
+                let cfg = domain_config(&ctx, domain)?;
                 let own = ctx.router.store().mailboxes(Some(domain))?;
                 let owned: std::collections::HashSet<&str> =
                     own.iter().map(|(a, _)| a.as_str()).collect();
@@ -284,7 +284,7 @@ impl Action {
                 } else {
                     "the domain's"
                 };
-                let cfg = &ctx.config.domain[&now.domain];
+                let cfg = domain_config(&ctx, &now.domain)?;
                 let new_route = live_label(*state, cfg, backend.as_deref());
                 let open: Vec<_> = ctx
                     .registry
@@ -461,6 +461,18 @@ impl Action {
             )),
         }
     }
+}
+
+/// A managed domain's configuration in this generation (a reload may
+/// have removed it since it was checked).
+fn domain_config<'a>(
+    ctx: &'a crate::server::Ctx,
+    domain: &str,
+) -> Result<&'a crate::config::DomainConfig, ControlError> {
+    ctx.config
+        .domain
+        .get(domain)
+        .ok_or_else(|| ControlError::NotFound(format!("{domain} is not a managed domain")))
 }
 
 /// What an import will change, from its parsed rows: rows per state,

@@ -64,7 +64,11 @@ pub async fn events(State(s): State<Arc<AdminState>>, who: Signed) -> Response {
             return None;
         }
         if !st.first {
-            tokio::time::sleep(EVERY).await;
+            let stop = st.state.dashboard.stop.clone();
+            tokio::select! {
+                _ = stop.cancelled() => return None,
+                _ = tokio::time::sleep(EVERY) => {}
+            }
         }
         st.first = false;
         let event = next_event(&mut st).await;

@@ -53,6 +53,9 @@ pub struct Dashboard {
     streams: Arc<AtomicUsize>,
     /// The live sections last rendered for the streams, and when.
     rendered: Mutex<Option<(Instant, Arc<String>)>>,
+    /// Cancelled at shutdown: live-update streams end, so that they do not
+    /// hold up the admin listener's graceful stop.
+    stop: CancellationToken,
 }
 
 /// Live-update streams open at once, all sessions together.
@@ -61,9 +64,10 @@ const MAX_STREAMS: usize = 32;
 const MAX_FORM: usize = session::MAX_IMPORT + 64 * 1024;
 
 impl Dashboard {
-    /// A dashboard whose charts sample every `interval`.
-    pub fn new(interval: Duration) -> Dashboard {
+    /// A dashboard whose charts sample every `interval`, until `stop`.
+    pub fn new(interval: Duration, stop: CancellationToken) -> Dashboard {
         Dashboard {
+            stop,
             sessions: Sessions::default(),
             history: Arc::new(History::new(interval)),
             streams: Arc::new(AtomicUsize::new(0)),
@@ -71,15 +75,9 @@ impl Dashboard {
         }
     }
 
-    /// Samples the charts' figures until `stop`.
-    pub fn spawn_sampler(&self, control: Arc<Control>, stop: CancellationToken) {
-        tokio::spawn(self.history.clone().run(control, stop));
-    }
-}
-
-impl Default for Dashboard {
-    fn default() -> Self {
-        Dashboard::new(Duration::from_secs(60))
+    /// Samples the charts' figures until the dashboard's stop.
+    pub fn spawn_sampler(&self, control: Arc<Control>) {
+        tokio::spawn(self.history.clone().run(control, self.stop.clone()));
     }
 }
 
