@@ -155,6 +155,8 @@ fn a_browser_signs_in_flips_a_domain_and_the_next_imap_login_follows() {
         "legacy",
         "the review changed nothing"
     );
+    let shot = b.screenshot(&artefacts().join("confirm.png"));
+    assert_png(&shot, "review page screenshot");
     b.click("form.confirm button");
     b.wait_text("Domain pec.example: legacy → migrated; 1 session(s) closed.");
     assert!(b.url().ends_with("/dashboard"), "{}", b.url());

@@ -19,6 +19,8 @@ const WAIT: Duration = Duration::from_secs(15);
 
 pub struct Browser {
     driver: Child,
+    /// chromedriver's log, shown if the browser does not start.
+    logs: tempfile::TempDir,
     base: String,
     session: String,
     agent: ureq::Agent,
@@ -29,7 +31,11 @@ impl Browser {
     /// `height` pixels. Panics with the reason if either cannot start.
     pub fn start(width: u32, height: u32) -> Browser {
         let port = super::net::free_port();
-        let log = std::env::temp_dir().join(format!("chromedriver-{port}.log"));
+        let logs = tempfile::Builder::new()
+            .prefix("chromedriver-")
+            .tempdir()
+            .expect("tempdir");
+        let log = logs.path().join("chromedriver.log");
         let driver = Command::new("chromedriver")
             .arg(format!("--port={port}"))
             .arg(format!("--log-path={}", log.display()))
@@ -46,6 +52,7 @@ impl Browser {
             .into();
         let mut b = Browser {
             driver,
+            logs,
             base: format!("http://127.0.0.1:{port}"),
             session: String::new(),
             agent,
@@ -61,11 +68,17 @@ impl Browser {
                          format!("--window-size={width},{height}")]
             }
         }}});
-        let v = b.send("POST", "/session", Some(caps));
-        b.session = v["sessionId"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no WebDriver session: {v}"))
-            .to_string();
+        let v = b.try_send("POST", "/session", Some(caps));
+        b.session = match v.as_ref().ok().and_then(|v| v["sessionId"].as_str()) {
+            Some(id) => id.to_string(),
+            None => {
+                let log = std::fs::read_to_string(b.logs.path().join("chromedriver.log"));
+                panic!(
+                    "no browser session: {v:?}\nchromedriver log:\n{}",
+                    log.unwrap_or_default()
+                )
+            }
+        };
         b
     }
 

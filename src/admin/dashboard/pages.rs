@@ -50,7 +50,9 @@ pub fn main(
     backends: &[String],
 ) -> String {
     let mut out = String::new();
-    out.push_str("<p id=\"live-status\" class=\"muted\" role=\"status\"><a href=\"/dashboard\">Reload</a> for fresh figures.</p>");
+    // Not a live region (role=status): it changes every few seconds and a
+    // screen reader would read it out each time.
+    out.push_str("<p id=\"live-status\" class=\"muted\"><a href=\"/dashboard\">Reload</a> for fresh figures.</p>");
     if let Some(text) = flash {
         let _ = write!(
             out,
