@@ -101,6 +101,14 @@ impl Default for SpoolConfig {
 pub struct AdminConfig {
     pub bind: SocketAddr,
     pub token_file: PathBuf,
+    /// How often the dashboard samples sessions and logins for its charts
+    /// (it keeps six hours of samples).
+    #[serde(with = "humantime_serde", default = "default_history_interval")]
+    pub history_interval: Duration,
+}
+
+fn default_history_interval() -> Duration {
+    Duration::from_secs(60)
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -363,6 +371,14 @@ impl Config {
         self.validate_listeners()?;
         self.validate_backends()?;
         self.validate_domains()?;
+        if let Some(a) = &self.admin {
+            if a.history_interval < Duration::from_secs(1) {
+                return Err(ConfigError::invalid(
+                    "admin.history_interval",
+                    "must be at least 1s",
+                ));
+            }
+        }
         // RFC 9051 §5.4: an inactivity autologout timer must be at least
         // 30 minutes; IDLE clients re-issue IDLE every 29 minutes.
         if self.limits.idle_timeout < Duration::from_secs(30 * 60) {

@@ -2,7 +2,43 @@
 //! client address, listener, mailbox and route; credentials are wrapped in
 //! `Secret` and never formatted.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use tracing_subscriber::EnvFilter;
+
+use crate::net::health;
+
+/// What the dashboard watches besides the registry and the spool: login
+/// outcomes since start and each backend's connect health. One per
+/// server, shared by all configuration generations (the Prometheus
+/// counters are process-wide, and a library user may run several servers).
+#[derive(Debug, Default)]
+pub struct Observed {
+    logins_ok: AtomicU64,
+    logins_failed: AtomicU64,
+    pub backends: health::Table,
+}
+
+impl Observed {
+    /// Counts one login outcome: `ok`, or any failure (wrong password,
+    /// refused, backend error).
+    pub fn count_login(&self, ok: bool) {
+        let c = if ok {
+            &self.logins_ok
+        } else {
+            &self.logins_failed
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Logins (ok, failed) since start.
+    pub fn logins(&self) -> (u64, u64) {
+        (
+            self.logins_ok.load(Ordering::Relaxed),
+            self.logins_failed.load(Ordering::Relaxed),
+        )
+    }
+}
 
 /// Logs to stderr; `PONTE_LOG` (or `RUST_LOG`) filters, `info` by default.
 pub fn init() {

@@ -24,6 +24,7 @@ use crate::net::backend::{self, Backends};
 use crate::net::dns::{Dns, DnsOptions};
 use crate::net::listener;
 use crate::net::throttle::{Policy, Throttle};
+use crate::observe::Observed;
 use crate::registry::Registry;
 use crate::route::{import_seed, RedbStore, Router, StateStore};
 use crate::spool::{self, worker, Spool};
@@ -49,6 +50,9 @@ pub struct Ctx {
     /// Failed-login throttling, shared by all generations (its policy is
     /// the one ponte started with).
     pub throttle: Arc<Throttle>,
+    /// Login counts and backend health for the dashboard, shared by all
+    /// generations.
+    pub observed: Arc<Observed>,
 }
 
 /// What inbound SMTP shares with the delivery worker.
@@ -78,11 +82,12 @@ impl Ctx {
         hard_stop: CancellationToken,
         inbound: Inbound,
         throttle: Arc<Throttle>,
+        observed: Arc<Observed>,
     ) -> Result<Ctx, ServerError> {
         // Everything that can fail is loaded before the router brings the
         // store's domain states in line with the file: a refused reload
         // must leave the states as they were.
-        let backends = backend::build(&config.backend)?;
+        let backends = backend::build(&config.backend, &observed.backends)?;
         let tls = crate::net::tls::server_config(&config.tls.certificate)?;
         let router = Router::new(store, config.domain.clone())?;
         let listeners = config
@@ -102,6 +107,7 @@ impl Ctx {
             hard_stop,
             inbound,
             throttle,
+            observed,
         })
     }
 }
@@ -137,7 +143,7 @@ pub struct ConnInfo {
 /// bundles) without binding or opening the store: `ponte check`.
 pub fn check(config: &Config) -> Result<(), ConfigError> {
     crate::net::tls::server_config(&config.tls.certificate)?;
-    backend::build(&config.backend)?;
+    backend::build(&config.backend, &Default::default())?;
     Ok(())
 }
 
@@ -223,6 +229,7 @@ impl Server {
             CancellationToken::new(),
             inbound,
             throttle,
+            Arc::new(Observed::default()),
         )?;
         let current = Arc::new(ArcSwap::from_pointee(ctx));
         Ok(Server {
@@ -341,12 +348,24 @@ async fn serve_admin(
     control: Arc<Control>,
     stop: CancellationToken,
 ) {
+    let admin = control.ctx().config.admin.clone();
+    let interval = admin
+        .as_ref()
+        .map_or(Duration::from_secs(60), |a| a.history_interval);
+    let dashboard = crate::admin::dashboard::Dashboard::new(interval, stop.clone());
+    dashboard.spawn_sampler(control.clone());
     let state = Arc::new(AdminState {
         control,
         tokens,
         metrics: crate::observe::metrics(),
+        dashboard,
     });
     info!(addr = ?tcp.local_addr().ok(), "admin API listening");
+    if tcp.local_addr().is_ok_and(|a| !a.ip().is_loopback()) {
+        // The session cookie is `Secure`: a browser keeps it over https or
+        // on localhost only, and the admin listener speaks plain http.
+        warn!("admin listener is not on loopback: open the dashboard through an https reverse proxy or an SSH tunnel to localhost; over plain http elsewhere the browser will not keep its session");
+    }
     let serve =
         axum::serve(tcp, crate::admin::app(state)).with_graceful_shutdown(stop.cancelled_owned());
     if let Err(e) = serve.await {
@@ -436,6 +455,7 @@ impl Running {
             old.hard_stop.clone(),
             old.inbound.clone(),
             old.throttle.clone(),
+            old.observed.clone(),
         )
         .map_err(|e| e.to_string())?;
         let keep: Vec<String> = ctx.listeners.keys().cloned().collect();

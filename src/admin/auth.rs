@@ -80,8 +80,15 @@ pub fn parse_tokens(text: &str) -> Result<Vec<Token>, String> {
 
 /// Compares without an early exit, so timing does not tell how much of a
 /// guessed token was right.
-fn same(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The token `presented` is, if any (the dashboard's login form uses it too).
+pub(crate) fn find<'a>(tokens: &'a [Token], presented: &str) -> Option<&'a Token> {
+    tokens
+        .iter()
+        .find(|t| same(t.secret.expose().as_bytes(), presented.as_bytes()))
 }
 
 /// Lets a request through with a valid bearer token, recording who it is.
@@ -96,12 +103,7 @@ pub async fn require_token(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
-    let who = presented.and_then(|p| {
-        state
-            .tokens
-            .iter()
-            .find(|t| same(t.secret.expose().as_bytes(), p.as_bytes()))
-    });
+    let who = presented.and_then(|p| find(&state.tokens, p));
     match who {
         Some(t) => {
             req.extensions_mut().insert(Who(t.name.clone()));

@@ -1,8 +1,10 @@
-//! The admin HTTP API (JSON, bearer token), Prometheus `/metrics`, and the
-//! health endpoints, on their own listener (loopback by default). The
-//! handlers are thin: the work is in [`crate::control`].
+//! The admin HTTP API (JSON, bearer token), Prometheus `/metrics`, the
+//! health endpoints and the dashboard (`/dashboard`), on their own
+//! listener (loopback by default). The handlers are thin: the work is in
+//! [`crate::control`].
 
 pub mod auth;
+pub mod dashboard;
 mod handlers;
 mod queue;
 
@@ -23,6 +25,8 @@ pub struct AdminState {
     pub control: Arc<Control>,
     pub tokens: Vec<auth::Token>,
     pub metrics: Option<PrometheusHandle>,
+    /// Sign-in sessions and chart history of the dashboard.
+    pub dashboard: dashboard::Dashboard,
 }
 
 /// Largest request body: a mailbox list of a few hundred thousand rows.
@@ -65,6 +69,7 @@ pub fn app(state: Arc<AdminState>) -> Router {
         ));
     Router::new()
         .merge(api)
+        .merge(dashboard::routes(state.clone()))
         .route("/metrics", get(handlers::metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(handlers::readyz))

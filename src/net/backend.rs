@@ -12,6 +12,7 @@ use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::{rustls::ClientConfig, TlsConnector};
 
+use super::health::{Health, Table};
 use super::stream::Stream;
 use crate::config::{BackendConfig, Protocol};
 use crate::error::{BackendError, ConfigError};
@@ -92,14 +93,20 @@ pub struct Backend {
     /// The master user for the delivery check (see
     /// `BackendConfig::check_user`), its password read from its file.
     pub check: Option<Credentials>,
+    /// Connect latency and errors, for the dashboard.
+    pub health: Arc<Health>,
     tls: Arc<ClientConfig>,
 }
 
 /// Every configured backend, by name.
 pub type Backends = BTreeMap<String, Arc<Backend>>;
 
-/// Builds the backends from the configuration (already validated).
-pub fn build(cfg: &BTreeMap<String, BackendConfig>) -> Result<Backends, ConfigError> {
+/// Builds the backends from the configuration (already validated); each
+/// keeps its health record in `health`.
+pub fn build(
+    cfg: &BTreeMap<String, BackendConfig>,
+    health: &Table,
+) -> Result<Backends, ConfigError> {
     let mut out = BTreeMap::new();
     for (name, b) in cfg {
         let tls = super::tls::client_config(b.ca.as_deref())
@@ -124,6 +131,7 @@ pub fn build(cfg: &BTreeMap<String, BackendConfig>) -> Result<Backends, ConfigEr
                     ConfigError::invalid(format!("backend.{name}.inbound"), reason)
                 })?,
             check: check_login(name, b)?,
+            health: health.get(name),
             tls,
         };
         out.insert(name.clone(), Arc::new(backend));
@@ -169,8 +177,19 @@ impl Backend {
         })
     }
 
-    /// TCP connect, then TLS at once if the endpoint is implicit TLS.
+    /// TCP connect, then TLS at once if the endpoint is implicit TLS. The
+    /// outcome goes to the backend's health record.
     pub async fn connect(&self, ep: &Endpoint, limit: Duration) -> Result<Stream, BackendError> {
+        let started = std::time::Instant::now();
+        let result = self.open(ep, limit).await;
+        match &result {
+            Ok(_) => self.health.record_ok(started.elapsed()),
+            Err(e) => self.health.record_error(e),
+        }
+        result
+    }
+
+    async fn open(&self, ep: &Endpoint, limit: Duration) -> Result<Stream, BackendError> {
         let addr = format!("{}:{}", ep.host, ep.port);
         let started = std::time::Instant::now();
         let tcp = match tokio::time::timeout(limit, TcpStream::connect((ep.host.as_str(), ep.port)))
@@ -191,15 +210,30 @@ impl Backend {
         // Small command/response exchanges: do not wait for ACKs to batch them.
         let _ = tcp.set_nodelay(true);
         if ep.implicit_tls {
-            self.start_tls(tcp, ep, limit).await
+            self.handshake(tcp, ep, limit).await
         } else {
             Ok(Stream::Plain(tcp))
         }
     }
 
+    /// The TLS handshake after a protocol's STARTTLS; a failure goes to the
+    /// backend's health record.
+    pub async fn start_tls(
+        &self,
+        tcp: TcpStream,
+        ep: &Endpoint,
+        limit: Duration,
+    ) -> Result<Stream, BackendError> {
+        let result = self.handshake(tcp, ep, limit).await;
+        if let Err(e) = &result {
+            self.health.record_error(e);
+        }
+        result
+    }
+
     /// The TLS handshake, verifying the certificate against the endpoint's
     /// host name (or IP address SAN for an IP host).
-    pub async fn start_tls(
+    async fn handshake(
         &self,
         tcp: TcpStream,
         ep: &Endpoint,

@@ -4,6 +4,7 @@
 pub mod backend;
 pub mod bridge;
 pub mod dns;
+pub mod health;
 pub mod listener;
 pub mod per_ip;
 pub mod proxy_header;

@@ -51,7 +51,7 @@ fn gate<'a>(user: &str, conn: &ConnInfo, ctx: &'a Ctx) -> Result<Ticket<'a>, Thr
         }),
         Gate::Refuse => {
             info!(outcome = "throttled", "login refused: too many failures");
-            count(conn, "throttled");
+            count(conn, ctx, "throttled");
             Err(Throttled)
         }
     }
@@ -114,13 +114,13 @@ pub async fn route(user: &str, conn: &ConnInfo, ctx: &Ctx) -> Result<Route, Deni
             // Only the domain part: people type passwords into user fields.
             let domain = user.rsplit_once('@').map_or("", |(_, d)| d);
             info!(domain = ?domain, outcome = "unknown domain", "login refused");
-            count(conn, "unknown_domain");
+            count(conn, ctx, "unknown_domain");
             tokio::time::sleep(ctx.config.limits.auth_failure_delay).await;
             Err(Denied::UnknownDomain)
         }
         Err(RouteError::Store(e)) => {
             warn!(error = %e, "route lookup failed");
-            count(conn, "store_error");
+            count(conn, ctx, "store_error");
             Err(Denied::Unavailable)
         }
     }
@@ -172,8 +172,9 @@ pub fn view_deadline(route: &Route, conn: &ConnInfo) -> Option<tokio::time::Inst
     Some(tokio::time::Instant::now() + left)
 }
 
-/// Counts a login outcome per listener.
-pub fn count(conn: &ConnInfo, outcome: &'static str) {
+/// Counts a login outcome per listener (metrics) and for the dashboard.
+pub fn count(conn: &ConnInfo, ctx: &Ctx, outcome: &'static str) {
+    ctx.observed.count_login(outcome == "ok");
     metrics::counter!("ponte_logins_total", "listener" => conn.listener.name.clone(), "outcome" => outcome)
         .increment(1);
 }

@@ -11,4 +11,5 @@ pub mod net;
 pub mod ponte;
 pub mod process;
 pub mod smtp_sink;
+pub mod webdriver;
 pub mod world;

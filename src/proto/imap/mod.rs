@@ -151,7 +151,7 @@ async fn try_login(
         backend_login(&tag, &backend_name, &creds, front, conn, ctx).await?;
     if let Some(text) = refusal {
         info!(state = %route.state, "login refused: mailbox not served here now");
-        login::count(conn, "refused");
+        login::count(conn, ctx, "refused");
         return Err(Refusal::Retry(text));
     }
     let mut hello = alerts;
@@ -231,6 +231,7 @@ async fn backend_login(
             info!(outcome = "backend refused", temporary, "login refused");
             login::count(
                 conn,
+                ctx,
                 if temporary {
                     "backend_unavailable"
                 } else {
@@ -250,7 +251,7 @@ async fn backend_login(
         }
         Err(e) => {
             warn!(error = %e, "backend unavailable");
-            login::count(conn, "backend_error");
+            login::count(conn, ctx, "backend_error");
             Err(Refusal::Retry(format!("{tag} {UNAVAILABLE}")))
         }
     }
@@ -266,7 +267,7 @@ async fn splice(
     ctx: &Ctx,
 ) -> Outcome {
     info!(state = %s.route.state, "logged in");
-    login::count(conn, "ok");
+    login::count(conn, ctx, "ok");
     let registration = s.registration;
     let hello = s.hello;
     // What the client pipelined behind its login goes straight on only on

@@ -138,7 +138,7 @@ async fn try_login(creds: Credentials, conn: &ConnInfo, ctx: &Ctx) -> Result<Ses
     let (stream, reply, rest) = backend_login(&backend_name, &creds, conn, ctx).await?;
     if let Some(line) = refusal {
         info!(state = %route.state, "login refused: mailbox not served here now");
-        login::count(conn, "refused");
+        login::count(conn, ctx, "refused");
         return Err(Refusal::retry(line));
     }
     let mut hello = match &route.target {
@@ -192,6 +192,7 @@ async fn backend_login(
             info!(outcome = "backend refused", temporary, "login refused");
             login::count(
                 conn,
+                ctx,
                 if temporary {
                     "backend_unavailable"
                 } else {
@@ -207,7 +208,7 @@ async fn backend_login(
         }
         Err(e) => {
             warn!(error = %e, "backend unavailable");
-            login::count(conn, "backend_error");
+            login::count(conn, ctx, "backend_error");
             Err(Refusal::retry(UNAVAILABLE))
         }
     }
@@ -237,7 +238,7 @@ async fn splice(
     ctx: &Ctx,
 ) -> Outcome {
     info!(state = %s.route.state, "logged in");
-    login::count(conn, "ok");
+    login::count(conn, ctx, "ok");
     let read_only = matches!(s.route.target, Target::ReadOnly { .. });
     if let Err(e) = client.write_all(&s.hello).await {
         return Outcome::Spliced {

@@ -152,7 +152,7 @@ async fn try_login(
     let (backend, rest) = backend_login(&backend_name, &creds, front, conn, ctx).await?;
     if let Some(text) = refusal {
         info!(state = %route.state, "login refused: mailbox may not send now");
-        login::count(conn, "refused");
+        login::count(conn, ctx, "refused");
         return Err(Refusal::Retry(text));
     }
     Ok(Session {
@@ -199,7 +199,7 @@ async fn backend_login(
             } else {
                 "auth_failed"
             };
-            login::count(conn, outcome);
+            login::count(conn, ctx, outcome);
             let text = String::from_utf8_lossy(&reply).into_owned();
             Err(if temporary {
                 Refusal::Retry(text)
@@ -209,7 +209,7 @@ async fn backend_login(
         }
         Err(e) => {
             warn!(error = %e, "backend unavailable");
-            login::count(conn, "backend_error");
+            login::count(conn, ctx, "backend_error");
             Err(Refusal::Retry(TEMP_FAILURE.into()))
         }
     }
@@ -224,7 +224,7 @@ async fn splice(
     ctx: &Ctx,
 ) -> Outcome {
     info!(state = %s.route.state, "logged in");
-    login::count(conn, "ok");
+    login::count(conn, ctx, "ok");
     let mut hello = AUTH_OK.to_vec();
     hello.extend_from_slice(&s.rest);
     let mut boundary = ReplyBoundary::default();

@@ -1,0 +1,588 @@
+//! Dashboard actions, in two steps: a review page that says exactly what
+//! will change (nothing changes on a GET), then a POST with the session's
+//! CSRF token that does it. Every change goes through the same
+//! [`Control`](crate::control::Control) methods as the admin API and
+//! `ponte ctl`, under the token's name, so the audit log records it the
+//! same way.
+
+use std::fmt::Write as _;
+
+use serde::Deserialize;
+
+use super::html::{esc, number, time};
+use super::overview::live_label;
+use crate::admin::AdminState;
+use crate::control::{ControlError, Selector};
+use crate::route::{MailboxState, Subject};
+use crate::spool::SpoolId;
+
+/// The fields every action form may carry (GET query or POST body).
+#[derive(Debug, Default, Deserialize)]
+pub struct Form {
+    #[serde(default)]
+    pub action: String,
+    pub domain: Option<String>,
+    pub mailbox: Option<String>,
+    pub state: Option<String>,
+    pub backend: Option<String>,
+    pub kind: Option<String>,
+    pub target: Option<String>,
+    pub at: Option<String>,
+    pub tz: Option<String>,
+    pub id: Option<String>,
+    pub nonce: Option<String>,
+    pub csrf: Option<String>,
+}
+
+/// A parsed action.
+#[derive(Debug, Clone)]
+pub enum Action {
+    Domain {
+        domain: String,
+        state: MailboxState,
+    },
+    Mailbox {
+        address: String,
+        state: MailboxState,
+        backend: Option<String>,
+    },
+    Schedule {
+        subject: Subject,
+        state: MailboxState,
+        at: i64,
+    },
+    Unschedule {
+        id: u64,
+    },
+    Kick(Selector),
+    Hold {
+        id: SpoolId,
+        held: bool,
+    },
+    Import {
+        nonce: String,
+    },
+}
+
+/// A field that must be there and not blank.
+fn need(field: &Option<String>, name: &str) -> Result<String, String> {
+    field
+        .as_deref()
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .map(str::to_string)
+        .ok_or_else(|| format!("{name} is missing"))
+}
+
+fn state_of(form: &Form) -> Result<MailboxState, String> {
+    need(&form.state, "state")?.parse()
+}
+
+/// `at` as RFC 3339, or `YYYY-MM-DDTHH:MM[:SS]` (a datetime-local field)
+/// with `tz` (`+02:00`) as its UTC offset.
+fn parse_at(at: &str, tz: Option<&str>) -> Result<i64, String> {
+    use time::format_description::well_known::Rfc3339;
+    let full = if at.len() > 19 || at.ends_with('Z') {
+        at.to_string()
+    } else {
+        let secs = if at.len() == 16 { ":00" } else { "" };
+        let tz = tz
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .unwrap_or("+00:00");
+        format!("{at}{secs}{tz}")
+    };
+    time::OffsetDateTime::parse(&full, &Rfc3339)
+        .map(|t| t.unix_timestamp())
+        .map_err(|e| {
+            format!("time {full:?}: {e} (expected e.g. 2026-04-28T08:00 and offset +02:00)")
+        })
+}
+
+impl Action {
+    pub fn parse(form: &Form) -> Result<Action, String> {
+        match form.action.as_str() {
+            "domain" => Ok(Action::Domain {
+                domain: need(&form.domain, "domain")?.to_ascii_lowercase(),
+                state: state_of(form)?,
+            }),
+            "mailbox" => Ok(Action::Mailbox {
+                address: need(&form.mailbox, "address")?.to_lowercase(),
+                state: state_of(form)?,
+                backend: form
+                    .backend
+                    .as_deref()
+                    .map(str::trim)
+                    .filter(|b| !b.is_empty())
+                    .map(str::to_string),
+            }),
+            "schedule" => {
+                let target = need(&form.target, "domain or address")?;
+                let subject = match form.kind.as_deref() {
+                    Some("mailbox") => Subject::Mailbox(target.to_lowercase()),
+                    Some("domain") | None => Subject::Domain(target.to_ascii_lowercase()),
+                    Some(other) => return Err(format!("unknown kind {other:?}")),
+                };
+                let at = parse_at(&need(&form.at, "time")?, form.tz.as_deref())?;
+                Ok(Action::Schedule {
+                    subject,
+                    state: state_of(form)?,
+                    at,
+                })
+            }
+            "unschedule" => Ok(Action::Unschedule {
+                id: need(&form.id, "schedule id")?
+                    .parse()
+                    .map_err(|_| "a schedule id is a number".to_string())?,
+            }),
+            "kick" => {
+                let target = need(&form.target, "mailbox, domain or id")?;
+                Ok(Action::Kick(match form.kind.as_deref() {
+                    Some("mailbox") => Selector::Mailbox(target.to_lowercase()),
+                    Some("domain") => Selector::Domain(target.to_ascii_lowercase()),
+                    Some("id") => Selector::Id(
+                        target
+                            .parse()
+                            .map_err(|_| "a session id is a number".to_string())?,
+                    ),
+                    _ => return Err("kind is mailbox, domain or id".into()),
+                }))
+            }
+            "hold" | "release" => Ok(Action::Hold {
+                id: need(&form.id, "message id")?
+                    .parse()
+                    .map_err(|e| format!("{e} (a queue id is 16 hex digits)"))?,
+                held: form.action == "hold",
+            }),
+            "import" => Ok(Action::Import {
+                nonce: need(&form.nonce, "import")?,
+            }),
+            other => Err(format!("unknown action {other:?}")),
+        }
+    }
+
+    /// The hidden fields that carry the action to its confirmation.
+    pub fn fields(&self) -> Vec<(&'static str, String)> {
+        match self {
+            Action::Domain { domain, state } => vec![
+                ("action", "domain".into()),
+                ("domain", domain.clone()),
+                ("state", state.to_string()),
+            ],
+            Action::Mailbox {
+                address,
+                state,
+                backend,
+            } => vec![
+                ("action", "mailbox".into()),
+                ("mailbox", address.clone()),
+                ("state", state.to_string()),
+                ("backend", backend.clone().unwrap_or_default()),
+            ],
+            Action::Schedule { subject, state, at } => {
+                let (kind, target) = match subject {
+                    Subject::Domain(d) => ("domain", d),
+                    Subject::Mailbox(m) => ("mailbox", m),
+                };
+                vec![
+                    ("action", "schedule".into()),
+                    ("kind", kind.into()),
+                    ("target", target.clone()),
+                    ("state", state.to_string()),
+                    ("at", crate::route::rfc3339(*at)),
+                ]
+            }
+            Action::Unschedule { id } => {
+                vec![("action", "unschedule".into()), ("id", id.to_string())]
+            }
+            Action::Kick(sel) => {
+                let (kind, target) = match sel {
+                    Selector::Mailbox(m) => ("mailbox", m.clone()),
+                    Selector::Domain(d) => ("domain", d.clone()),
+                    Selector::Id(id) => ("id", id.to_string()),
+                };
+                vec![
+                    ("action", "kick".into()),
+                    ("kind", kind.into()),
+                    ("target", target),
+                ]
+            }
+            Action::Hold { id, held } => vec![
+                ("action", if *held { "hold" } else { "release" }.into()),
+                ("id", id.to_string()),
+            ],
+            Action::Import { nonce } => {
+                vec![("action", "import".into()), ("nonce", nonce.clone())]
+            }
+        }
+    }
+
+    /// What the action will change, as HTML, and the confirm button's
+    /// text; an error if it cannot be done (unknown domain, …).
+    pub async fn describe(&self, s: &AdminState) -> Result<(String, String), ControlError> {
+        let control = &s.control;
+        let ctx = control.ctx();
+        match self {
+            Action::Domain { domain, state } => {
+                let old = control.domain_state(domain)?;
+                let cfg = domain_config(&ctx, domain)?;
+                let own = ctx.router.store().mailboxes(Some(domain))?;
+                let owned: std::collections::HashSet<&str> =
+                    own.iter().map(|(a, _)| a.as_str()).collect();
+                let new_route = live_label(*state, cfg, None);
+                let open: Vec<_> = ctx
+                    .registry
+                    .list()
+                    .into_iter()
+                    .filter(|e| &e.domain == domain)
+                    .collect();
+                let closing = open
+                    .iter()
+                    .filter(|e| {
+                        e.view == crate::config::View::Live
+                            && !owned.contains(e.address.as_str())
+                            && e.route != new_route
+                    })
+                    .count();
+                let mut out = format!(
+                    "<p class=\"change\">Flip domain <strong>{}</strong> from <span class=\"state s-{old}\">{old}</span> to <span class=\"state s-{state}\">{state}</span>.</p><ul>",
+                    esc(domain)
+                );
+                if old == *state {
+                    out.push_str("<li>It is already in this state: nothing changes.</li>");
+                }
+                let _ = write!(
+                    out,
+                    "<li>Every mailbox of the domain follows it, except {} with their own state.</li>\
+                     <li>New logins go to: <strong>{}</strong>.</li>\
+                     <li>{} open session(s) of this domain; <strong>{}</strong> will be closed so that their clients reconnect to the new route.</li></ul>",
+                    number(own.len() as u64),
+                    esc(&new_route),
+                    number(open.len() as u64),
+                    number(closing as u64)
+                );
+                Ok((out, format!("Flip {domain} to {state}")))
+            }
+            Action::Mailbox {
+                address,
+                state,
+                backend,
+            } => {
+                let a = control.managed_address(address)?;
+                if let Some(b) = backend {
+                    if !ctx.backends.contains_key(b) {
+                        return Err(ControlError::Invalid(format!("unknown backend {b:?}")));
+                    }
+                }
+                let now = ctx
+                    .router
+                    .resolve(&a, None)
+                    .map_err(|e| ControlError::Invalid(e.to_string()))?;
+                let own = ctx.router.store().mailbox(&a)?;
+                let source = if own.is_some() {
+                    "its own"
+                } else {
+                    "the domain's"
+                };
+                let cfg = domain_config(&ctx, &now.domain)?;
+                let new_route = live_label(*state, cfg, backend.as_deref());
+                let open: Vec<_> = ctx
+                    .registry
+                    .list()
+                    .into_iter()
+                    .filter(|e| e.address == a)
+                    .collect();
+                let closing = open
+                    .iter()
+                    .filter(|e| e.view == crate::config::View::Live && e.route != new_route)
+                    .count();
+                let old = now.state;
+                let out = format!(
+                    "<p class=\"change\">Set mailbox <strong>{}</strong> from <span class=\"state s-{old}\">{old}</span> ({source} state, route {}) to <span class=\"state s-{state}\">{state}</span>.</p>\
+                     <ul><li>New logins go to: <strong>{}</strong>.</li>\
+                     <li>{} open session(s); <strong>{}</strong> will be closed.</li></ul>",
+                    esc(&a),
+                    esc(now.target.label()),
+                    esc(&new_route),
+                    number(open.len() as u64),
+                    number(closing as u64)
+                );
+                Ok((out, format!("Set {a} to {state}")))
+            }
+            Action::Schedule { subject, state, at } => {
+                let subject = match subject {
+                    Subject::Domain(d) => {
+                        control.domain_state(d)?;
+                        format!("domain <strong>{}</strong>", esc(d))
+                    }
+                    Subject::Mailbox(m) => {
+                        format!(
+                            "mailbox <strong>{}</strong>",
+                            esc(&control.managed_address(m)?)
+                        )
+                    }
+                };
+                let when = if *at <= crate::route::now_unix() {
+                    " This time has passed: it is carried out at once."
+                } else {
+                    ""
+                };
+                let out = format!(
+                    "<p class=\"change\">At {} (UTC) set {subject} to <span class=\"state s-{state}\">{state}</span>.{when}</p>\
+                     <p>ponte carries it out itself, also after a restart; open sessions whose route changes are closed then.</p>",
+                    time(*at)
+                );
+                Ok((out, "Add the schedule".into()))
+            }
+            Action::Unschedule { id } => {
+                let list = ctx.router.store().schedules()?;
+                let s = list
+                    .iter()
+                    .find(|s| s.id == *id)
+                    .ok_or_else(|| ControlError::NotFound(format!("no schedule {id}")))?;
+                let out = format!(
+                    "<p class=\"change\">Cancel schedule {id}: set {} to {} at {} (added by {}).</p>",
+                    esc(&s.subject.to_string()),
+                    s.state,
+                    time(s.at),
+                    esc(&s.by)
+                );
+                Ok((out, format!("Cancel schedule {id}")))
+            }
+            Action::Kick(sel) => {
+                let open = ctx.registry.list();
+                let (what, n) = match sel {
+                    Selector::Mailbox(m) => (
+                        format!("of mailbox <strong>{}</strong>", esc(m)),
+                        open.iter().filter(|e| &e.address == m).count(),
+                    ),
+                    Selector::Domain(d) => (
+                        format!("of domain <strong>{}</strong>", esc(d)),
+                        open.iter().filter(|e| &e.domain == d).count(),
+                    ),
+                    Selector::Id(id) => (
+                        format!("with id <strong>{id}</strong>"),
+                        open.iter().filter(|e| e.id == *id).count(),
+                    ),
+                };
+                let out = format!(
+                    "<p class=\"change\">Close the open sessions {what}: <strong>{}</strong> now. Their clients are told to reconnect.</p>",
+                    number(n as u64)
+                );
+                Ok((out, "Close the sessions".into()))
+            }
+            Action::Hold { id, held } => {
+                let shown = control.queue_show(*id).await?;
+                let env = &shown.envelope;
+                let to: Vec<&str> = env.recipients.iter().map(|r| r.address.as_str()).collect();
+                let (verb, effect) = if *held {
+                    ("Hold", "the delivery worker leaves it (and newer mail to its mailboxes) alone until it is released; a delivery already under way is not stopped.")
+                } else {
+                    ("Release", "the delivery worker sends it at its next pass.")
+                };
+                let already = if env.held == *held {
+                    " It already is: nothing changes."
+                } else {
+                    ""
+                };
+                let out = format!(
+                    "<p class=\"change\">{verb} message <code>{id}</code> from {} to {} ({} bytes, arrived {}): {effect}{already}</p>",
+                    esc(if env.mail_from.is_empty() { "<>" } else { &env.mail_from }),
+                    esc(&to.join(", ")),
+                    number(env.size),
+                    time(env.arrived)
+                );
+                Ok((out, format!("{verb} the message")))
+            }
+            Action::Import { .. } => Err(ControlError::Invalid(
+                "an import is reviewed from its form".into(),
+            )),
+        }
+    }
+
+    /// Does it, as `who`; a one-line outcome for the next page.
+    pub async fn perform(self, s: &AdminState, who: &str) -> Result<String, ControlError> {
+        let control = &s.control;
+        match self {
+            Action::Domain { domain, state } => {
+                let f = control.set_domain(&domain, state, who)?;
+                Ok(format!(
+                    "Domain {domain}: {} → {}; {} session(s) closed.",
+                    f.old.map_or("—".into(), |o| o.to_string()),
+                    f.new,
+                    f.kicked
+                ))
+            }
+            Action::Mailbox {
+                address,
+                state,
+                backend,
+            } => {
+                let f = control.set_mailbox(&address, state, backend, who)?;
+                Ok(format!(
+                    "Mailbox {address}: {} → {}; {} session(s) closed.",
+                    f.old.map_or("domain's state".into(), |o| o.to_string()),
+                    f.new,
+                    f.kicked
+                ))
+            }
+            Action::Schedule { subject, state, at } => {
+                let sch = control.add_schedule(subject, state, at, who)?;
+                Ok(format!(
+                    "Schedule {} added: {} to {} at {}.",
+                    sch.id,
+                    sch.subject,
+                    sch.state,
+                    crate::route::rfc3339(sch.at)
+                ))
+            }
+            Action::Unschedule { id } => Ok(if control.remove_schedule(id, who)? {
+                format!("Schedule {id} cancelled.")
+            } else {
+                format!("Schedule {id} was already gone.")
+            }),
+            Action::Kick(sel) => {
+                let n = control.kick(&sel, "Closed by the administrator; please reconnect.");
+                tracing::info!(selector = ?sel, %who, kicked = n, "sessions closed from the dashboard");
+                Ok(format!("{n} session(s) closed."))
+            }
+            Action::Hold { id, held } => {
+                let changed = control.queue_hold(id, held, who).await?;
+                let verb = if held { "held" } else { "released" };
+                Ok(if changed {
+                    format!("Message {id} {verb}.")
+                } else {
+                    format!("Message {id} was already {verb}.")
+                })
+            }
+            // Needs the session's stashed text: see `handlers::perform`.
+            Action::Import { .. } => Err(ControlError::Invalid(
+                "an import is confirmed from its review page".into(),
+            )),
+        }
+    }
+}
+
+/// A managed domain's configuration in this generation (a reload may
+/// have removed it since it was checked).
+fn domain_config<'a>(
+    ctx: &'a crate::server::Ctx,
+    domain: &str,
+) -> Result<&'a crate::config::DomainConfig, ControlError> {
+    ctx.config
+        .domain
+        .get(domain)
+        .ok_or_else(|| ControlError::NotFound(format!("{domain} is not a managed domain")))
+}
+
+/// What an import will change, from its parsed rows: rows per state,
+/// how many differ from the mailboxes' own state now, and the open
+/// sessions of those mailboxes.
+pub fn describe_import(s: &AdminState, rows: &[crate::route::Row]) -> Result<String, ControlError> {
+    let ctx = s.control.ctx();
+    let store = ctx.router.store();
+    let mut per_state = [0u64; 4];
+    let mut changed = std::collections::HashSet::new();
+    for (address, state, backend) in rows {
+        if let Some(i) = super::overview::STATES.iter().position(|s| s == state) {
+            per_state[i] += 1;
+        }
+        let now = store.mailbox(address)?;
+        let same = now
+            .as_ref()
+            .is_some_and(|m| m.state == *state && &m.backend == backend);
+        if !same {
+            changed.insert(address.as_str());
+        }
+    }
+    let open = ctx
+        .registry
+        .list()
+        .iter()
+        .filter(|e| changed.contains(e.address.as_str()))
+        .count();
+    let mut out = format!(
+        "<p class=\"change\">Import <strong>{}</strong> row(s):</p><ul>",
+        number(rows.len() as u64)
+    );
+    for (i, st) in super::overview::STATES.iter().enumerate() {
+        if per_state[i] > 0 {
+            let _ = write!(
+                out,
+                "<li>{} to <span class=\"state s-{st}\">{st}</span></li>",
+                number(per_state[i])
+            );
+        }
+    }
+    let _ = write!(
+        out,
+        "</ul><p><strong>{}</strong> mailbox(es) get a new state or backend; the others already have it. \
+         Open sessions of changed mailboxes whose route changes are closed ({} open now).</p>",
+        number(changed.len() as u64),
+        number(open as u64)
+    );
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn form(pairs: &[(&str, &str)]) -> Form {
+        let mut f = Form::default();
+        for (k, v) in pairs {
+            if *k == "action" {
+                f.action = v.to_string();
+                continue;
+            }
+            let v = Some(v.to_string());
+            match *k {
+                "domain" => f.domain = v,
+                "mailbox" => f.mailbox = v,
+                "state" => f.state = v,
+                "backend" => f.backend = v,
+                "kind" => f.kind = v,
+                "target" => f.target = v,
+                "at" => f.at = v,
+                "tz" => f.tz = v,
+                "id" => f.id = v,
+                "nonce" => f.nonce = v,
+                other => panic!("field {other}"),
+            }
+        }
+        f
+    }
+
+    #[test]
+    fn parses_actions_and_round_trips_their_fields() {
+        let a = Action::parse(&form(&[
+            ("action", "domain"),
+            ("domain", "PEC.example"),
+            ("state", "migrated"),
+        ]))
+        .unwrap();
+        assert!(
+            matches!(&a, Action::Domain { domain, state: MailboxState::Migrated } if domain == "pec.example")
+        );
+        let fields = a.fields();
+        let back: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        assert!(Action::parse(&form(&back)).is_ok());
+        let s = Action::parse(&form(&[
+            ("action", "schedule"),
+            ("kind", "domain"),
+            ("target", "pec.example"),
+            ("state", "blackout"),
+            ("at", "2026-04-28T08:00"),
+            ("tz", "+02:00"),
+        ]))
+        .unwrap();
+        assert!(
+            matches!(s, Action::Schedule { at: 1777356000, .. }),
+            "{s:?}"
+        );
+        assert!(Action::parse(&form(&[("action", "domain"), ("state", "x")])).is_err());
+        assert!(Action::parse(&form(&[("action", "hold"), ("id", "zz")])).is_err());
+        assert!(Action::parse(&form(&[("action", "drop-tables")])).is_err());
+        assert_eq!(parse_at("2026-04-28T06:00:00Z", None).unwrap(), 1777356000);
+    }
+}

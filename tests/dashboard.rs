@@ -1,0 +1,732 @@
+//! The admin dashboard end to end: a real headless Chromium signs in
+//! through the login form, flips a domain through the review and
+//! confirmation pages, and the next IMAP login through ponte lands on the
+//! new backend; a CSV with bad rows gets its per-row report. Screenshots
+//! go to `target/test-artifacts/dashboard/`. With curl: without a session
+//! nothing is shown or done, and a cross-site or token-less POST changes
+//! nothing.
+
+mod common;
+
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::admin::Api;
+use common::clients::curl;
+use common::net::LineConn;
+use common::webdriver::Browser;
+use common::world::{marker, World, ADMIN_TOKEN, ALICE, DAVE};
+use serde_json::Value;
+
+/// Where screenshots are kept after the run.
+fn artefacts() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"));
+    let target = if target.is_relative() {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(target)
+    } else {
+        target
+    };
+    target.join("test-artifacts").join("dashboard")
+}
+
+/// A world whose dashboard samples its charts every second.
+fn world() -> World {
+    let mut w = World::backends_only("");
+    let config = w
+        .config()
+        .replacen("[limits]", "history_interval = \"1s\"\n\n[limits]", 1);
+    w.start_config(&config);
+    w
+}
+
+#[track_caller]
+fn assert_png(png: &[u8], what: &str) {
+    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "{what} is not a PNG");
+    assert!(png.len() > 10_000, "{what}: only {} bytes", png.len());
+}
+
+fn login(c: &mut LineConn<TcpStream>, user: &str, pw: &str) {
+    let greeting = c.read_line();
+    assert!(greeting.starts_with("* OK"), "{greeting}");
+    let r = c.imap("a", &format!("LOGIN \"{user}\" \"{pw}\""));
+    assert!(r.status.starts_with("OK"), "login {user}: {}", r.status);
+}
+
+/// The subject of the first INBOX message, logged in through ponte.
+fn first_subject(w: &World, user: &str, pw: &str) -> String {
+    let mut c = LineConn::tcp(w.addr("imap"));
+    login(&mut c, user, pw);
+    assert!(c.imap("b", "EXAMINE INBOX").is_ok());
+    let r = c.imap("c", "FETCH 1 (BODY.PEEK[HEADER.FIELDS (SUBJECT)])");
+    assert!(r.is_ok(), "{}", r.status);
+    c.imap("z", "LOGOUT");
+    r.text()
+}
+
+fn domain_state(api: &Api, name: &str) -> String {
+    let (code, status) = api.get("/api/status");
+    assert_eq!(code, 200, "{status}");
+    status["domains"]
+        .as_array()
+        .and_then(|d| d.iter().find(|d| d["name"] == name))
+        .and_then(|d| d["state"].as_str())
+        .unwrap_or_else(|| panic!("no domain {name}: {status}"))
+        .to_string()
+}
+
+fn audit(api: &Api) -> Vec<Value> {
+    let (code, v) = api.get("/api/audit?limit=100");
+    assert_eq!(code, 200, "{v}");
+    v["audit"].as_array().cloned().unwrap_or_default()
+}
+
+/// Waits until the element's text contains `needle`.
+fn wait_for_text(b: &Browser, css: &str, needle: &str) {
+    let start = std::time::Instant::now();
+    loop {
+        let text = b.text(css);
+        if text.contains(needle) {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{needle:?} not in {css}:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_browser_signs_in_flips_a_domain_and_the_next_imap_login_follows() {
+    let w = world();
+    let api = Api::new(w.addr("admin"));
+    let base = format!("http://{}", w.addr("admin"));
+    let b = Browser::start(1280, 1400);
+
+    // No session: the page sends the browser to the login form.
+    b.goto(&format!("{base}/dashboard"));
+    assert!(b.url().ends_with("/dashboard/login"), "{}", b.url());
+    b.type_into("#token", "not-the-token-0123456789");
+    b.click("form.login button");
+    b.wait_text("Wrong token.");
+
+    b.type_into("#token", ADMIN_TOKEN);
+    b.click("form.login button");
+    b.wait_text("signed in as ops");
+    assert!(b.url().ends_with("/dashboard"), "{}", b.url());
+    assert!(!b.url().contains(ADMIN_TOKEN));
+    // The session cookie is kept on http://127.0.0.1 (a secure context)
+    // although it is Secure, and scripts cannot read it.
+    let cookies = b.cookies();
+    let cookie = cookies
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["name"] == "ponte_dashboard"))
+        .unwrap_or_else(|| panic!("no session cookie: {cookies}"));
+    assert_eq!(cookie["httpOnly"], true, "{cookie}");
+    assert_eq!(cookie["secure"], true, "{cookie}");
+    assert_eq!(cookie["sameSite"], "Strict", "{cookie}");
+    assert_eq!(cookie["path"], "/dashboard", "{cookie}");
+    assert!(!cookie["value"].as_str().unwrap().contains(ADMIN_TOKEN));
+    assert_eq!(b.execute("return document.cookie;"), "");
+
+    // Alice is on the legacy store, with a session open.
+    assert!(
+        first_subject(&w, ALICE.address, ALICE.legacy_password.unwrap())
+            .contains(&marker("legacy", ALICE.address))
+    );
+    let mut open = w.login(&ALICE, ALICE.legacy_password);
+    b.goto(&format!("{base}/dashboard"));
+    b.wait_text("Sessions open");
+
+    // Flip pec.example to migrated: the form, the review, the confirmation.
+    b.click("#fd-domain option[value=\"pec.example\"]");
+    b.click("#fd-state option[value=\"migrated\"]");
+    b.click("#flip-domain button");
+    let review = b.wait_text("Flip domain pec.example from legacy to migrated");
+    assert!(
+        review.contains("1 open session(s) of this domain; 1 will be closed"),
+        "{review}"
+    );
+    assert_eq!(
+        domain_state(&api, "pec.example"),
+        "legacy",
+        "the review changed nothing"
+    );
+    let shot = b.screenshot(&artefacts().join("confirm.png"));
+    assert_png(&shot, "review page screenshot");
+    b.click("form.confirm button");
+    b.wait_text("Domain pec.example: legacy → migrated; 1 session(s) closed.");
+    assert!(b.url().ends_with("/dashboard"), "{}", b.url());
+    assert_eq!(domain_state(&api, "pec.example"), "migrated");
+
+    // The open session was told to go; the next login lands on the new store.
+    open.get_mut()
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let bye = open.read_line();
+    assert!(bye.starts_with("* BYE"), "{bye}");
+    assert!(
+        first_subject(&w, ALICE.address, ALICE.new_password.unwrap())
+            .contains(&marker("new", ALICE.address))
+    );
+
+    // Audited under the token's name, as `ponte ctl` would be.
+    let entries = audit(&api);
+    assert!(
+        entries.iter().any(|a| a["who"] == "ops"
+            && a["what"] == "domain pec.example"
+            && a["new"] == "migrated"),
+        "{entries:?}"
+    );
+
+    // Live updates over server-sent events refresh the page in place: the
+    // login on the new backend shows up without a reload; the charts fill in.
+    b.wait_text("Live: updated at");
+    wait_for_text(&b, "#backends-live", "new 20");
+    wait_for_text(&b, "#summary-live", "Logins ok since start\n3");
+    b.wait_text("Sessions open:");
+    assert!(b.source().contains("<polyline"), "no chart");
+    // The whole page in one picture.
+    b.set_window(1280, 3200);
+    let main = b.screenshot(&artefacts().join("main.png"));
+    assert_png(&main, "main page screenshot");
+
+    // The same page on a phone-sized window.
+    b.set_window(390, 1200);
+    let phone = b.screenshot(&artefacts().join("main-phone.png"));
+    assert_png(&phone, "phone screenshot");
+    b.set_window(1280, 1400);
+
+    // A list with bad rows: refused as a whole, each bad row reported.
+    b.type_into(
+        "#im-csv",
+        "address,state\ndave@pec.example,blackout\nnobody@elsewhere.example,migrated\ndave@pec.example,flying\n",
+    );
+    b.click("#import button");
+    let report = b.wait_text("Nothing was imported: 2 bad row(s)");
+    assert!(report.contains("line 3"), "{report}");
+    assert!(
+        report.contains("elsewhere.example is not a configured domain"),
+        "{report}"
+    );
+    assert!(report.contains("line 4"), "{report}");
+    assert!(report.contains("unknown state \"flying\""), "{report}");
+    let shot = b.screenshot(&artefacts().join("import-errors.png"));
+    assert_png(&shot, "import report screenshot");
+    let kept = b.execute("return document.getElementById('im-csv').value;");
+    assert!(
+        kept.as_str()
+            .unwrap_or_default()
+            .contains("dave@pec.example,flying"),
+        "{kept}"
+    );
+    let (_, mb) = api.get("/api/mailboxes/dave@pec.example");
+    assert_eq!(mb["state"], "migrated", "nothing imported: {mb}");
+
+    // A good list: reviewed, then imported.
+    b.goto(&format!("{base}/dashboard"));
+    b.type_into("#im-csv", "dave@pec.example,blackout\n");
+    b.click("#import button");
+    b.wait_text("Import 1 row(s):");
+    b.click("form.confirm button");
+    b.wait_text("Imported 1 row(s): 1 mailbox(es) changed");
+    let (_, mb) = api.get(&format!("/api/mailboxes/{}", DAVE.address));
+    assert_eq!(mb["state"], "blackout", "{mb}");
+
+    // Signing out ends the session: the page asks for the token again.
+    b.click("header form button");
+    b.wait_text("Admin token");
+    b.goto(&format!("{base}/dashboard"));
+    assert!(b.url().ends_with("/dashboard/login"), "{}", b.url());
+}
+
+/// A curl response: status, headers (lower-case names), body.
+struct Reply {
+    status: u16,
+    headers: String,
+    body: String,
+}
+
+/// `curl -i` with extra arguments against the admin listener.
+fn http(w: &World, args: &[&str], path: &str) -> Reply {
+    let url = format!("http://{}{path}", w.addr("admin"));
+    let mut all = vec!["-i"];
+    all.extend_from_slice(args);
+    all.push(&url);
+    let out = curl(&all).expect_ok(path).stdout;
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    Reply {
+        status,
+        headers: head.to_ascii_lowercase(),
+        body: body.to_string(),
+    }
+}
+
+/// A form POST with the session cookie (if any) and extra headers.
+fn post(w: &World, path: &str, cookie: Option<&str>, extra: &[&str], form: &str) -> Reply {
+    let cookie_header = cookie.map(|c| format!("Cookie: ponte_dashboard={c}"));
+    let mut args: Vec<&str> = vec!["-X", "POST", "--data", form];
+    if let Some(c) = &cookie_header {
+        args.extend(["-H", c]);
+    }
+    for h in extra {
+        args.extend(["-H", h]);
+    }
+    http(w, &args, path)
+}
+
+#[test]
+fn without_a_session_or_from_another_site_nothing_is_shown_or_changed() {
+    let w = world();
+    let api = Api::new(w.addr("admin"));
+    let flip = "action=domain&domain=pec.example&state=excluded";
+
+    // No session: pages send to the login form, actions are refused.
+    for path in [
+        "/dashboard",
+        "/dashboard/events",
+        "/dashboard/confirm?action=domain&domain=pec.example&state=excluded",
+    ] {
+        let r = http(&w, &[], path);
+        assert_eq!(r.status, 303, "{path}");
+        assert!(
+            r.headers.contains("location: /dashboard/login"),
+            "{path}: {}",
+            r.headers
+        );
+        assert!(!r.body.contains("pec.example"), "{path}");
+    }
+    // The API's bearer token does not open the dashboard either.
+    let bearer = format!("Authorization: Bearer {ADMIN_TOKEN}");
+    assert_eq!(http(&w, &["-H", &bearer], "/dashboard").status, 303);
+    for path in ["/dashboard/do", "/dashboard/import", "/dashboard/logout"] {
+        let r = post(&w, path, None, &[], &format!("{flip}&csv=a"));
+        assert_eq!(r.status, 401, "{path}");
+    }
+    let r = post(&w, "/dashboard/do", Some("0123abcd"), &[], flip);
+    assert_eq!(r.status, 401, "a made-up session");
+
+    // A wrong token at the login form: no session. The token is never
+    // taken from the URL.
+    let r = post(
+        &w,
+        "/dashboard/login",
+        None,
+        &[],
+        "token=wrong-token-0123456789",
+    );
+    assert_eq!(r.status, 401);
+    assert!(!r.headers.contains("set-cookie"));
+    let r = post(
+        &w,
+        &format!("/dashboard/login?token={ADMIN_TOKEN}"),
+        None,
+        &[],
+        "x=1",
+    );
+    assert_eq!(r.status, 401);
+    // A login form posted from another site is refused too.
+    let r = post(
+        &w,
+        "/dashboard/login",
+        None,
+        &["Origin: http://evil.example"],
+        &format!("token={ADMIN_TOKEN}"),
+    );
+    assert_eq!(r.status, 403);
+    assert!(!r.headers.contains("set-cookie"));
+
+    // Sign in; the cookie carries a session id, never the token.
+    let r = post(
+        &w,
+        "/dashboard/login",
+        None,
+        &[],
+        &format!("token={ADMIN_TOKEN}"),
+    );
+    assert_eq!(r.status, 303, "{}", r.headers);
+    let set = r
+        .headers
+        .lines()
+        .find(|l| l.starts_with("set-cookie: ponte_dashboard="))
+        .unwrap_or_else(|| panic!("no cookie: {}", r.headers))
+        .to_string();
+    for flag in ["httponly", "secure", "samesite=strict", "path=/dashboard"] {
+        assert!(set.contains(flag), "{set}");
+    }
+    assert!(!set.contains(&ADMIN_TOKEN.to_ascii_lowercase()));
+    let id = set["set-cookie: ponte_dashboard=".len()..]
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let cookie = format!("Cookie: ponte_dashboard={id}");
+    let page = http(&w, &["-H", &cookie], "/dashboard");
+    assert_eq!(page.status, 200);
+    assert!(page
+        .headers
+        .contains("content-security-policy: default-src 'none'"));
+    assert!(page.headers.contains("x-frame-options: deny"));
+    let csrf = page
+        .body
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .expect("a CSRF token in the page")
+        .to_string();
+    assert_eq!(csrf.len(), 64);
+
+    // Signed in, but from another site, or without the form's token:
+    // refused, and nothing changes.
+    let with_csrf = format!("{flip}&csrf={csrf}");
+    for (extra, form) in [
+        (vec!["Origin: http://evil.example"], with_csrf.as_str()),
+        (vec!["Origin: null"], with_csrf.as_str()),
+        (vec!["Sec-Fetch-Site: cross-site"], with_csrf.as_str()),
+        (vec!["Sec-Fetch-Site: same-site"], with_csrf.as_str()),
+        (vec![], flip),
+        (vec![], &format!("{flip}&csrf={}", "0".repeat(64))),
+    ] {
+        let r = post(&w, "/dashboard/do", Some(&id), &extra, form);
+        assert_eq!(r.status, 403, "{extra:?} {form}");
+    }
+    let r = post(
+        &w,
+        "/dashboard/import",
+        Some(&id),
+        &["Origin: http://evil.example"],
+        &format!("csrf={csrf}&csv=alice%40pec.example%2Cexcluded"),
+    );
+    assert_eq!(r.status, 403);
+    assert_eq!(domain_state(&api, "pec.example"), "legacy");
+    let (_, alice) = api.get("/api/mailboxes/alice@pec.example");
+    assert_eq!(alice["source"], "domain", "{alice}");
+    assert!(
+        audit(&api).iter().all(|a| a["new"] != "excluded"),
+        "a refused request left an audit entry"
+    );
+
+    // The same request from the dashboard's own page is done and audited.
+    let own = format!("Origin: http://{}", w.addr("admin"));
+    let r = post(
+        &w,
+        "/dashboard/do",
+        Some(&id),
+        &[&own, "Sec-Fetch-Site: same-origin"],
+        &with_csrf,
+    );
+    assert_eq!(r.status, 303, "{}", r.body);
+    assert_eq!(domain_state(&api, "pec.example"), "excluded");
+    assert!(audit(&api)
+        .iter()
+        .any(|a| a["who"] == "ops" && a["what"] == "domain pec.example" && a["new"] == "excluded"));
+
+    // Signed out, the old cookie opens nothing.
+    let r = post(
+        &w,
+        "/dashboard/logout",
+        Some(&id),
+        &[],
+        &format!("csrf={csrf}"),
+    );
+    assert_eq!(r.status, 303);
+    assert_eq!(http(&w, &["-H", &cookie], "/dashboard").status, 303);
+    assert_eq!(
+        post(&w, "/dashboard/do", Some(&id), &[], &with_csrf).status,
+        401
+    );
+
+    // The bearer-token API is as it was.
+    assert_eq!(api.get("/api/status").0, 200);
+    let anonymous = Api {
+        addr: w.addr("admin"),
+        token: None,
+    };
+    assert_eq!(anonymous.get("/api/status").0, 401);
+}
+
+/// Signs in with curl; the session id and the page's CSRF token.
+fn sign_in(w: &World) -> (String, String) {
+    let r = post(
+        w,
+        "/dashboard/login",
+        None,
+        &[],
+        &format!("token={ADMIN_TOKEN}"),
+    );
+    assert_eq!(r.status, 303, "{}", r.headers);
+    let id = r
+        .headers
+        .split("set-cookie: ponte_dashboard=")
+        .nth(1)
+        .and_then(|s| s.split(';').next())
+        .expect("session cookie")
+        .to_string();
+    let page = get(w, &id, "/dashboard");
+    let csrf = page
+        .body
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .expect("CSRF token")
+        .to_string();
+    (id, csrf)
+}
+
+fn get(w: &World, id: &str, path: &str) -> Reply {
+    let cookie = format!("Cookie: ponte_dashboard={id}");
+    http(w, &["-H", &cookie], path)
+}
+
+/// Reviews `query` (must be 200 and contain `expect`), then confirms it;
+/// returns the flash the dashboard shows next.
+fn review_and_do(w: &World, id: &str, csrf: &str, query: &str, expect: &str) -> String {
+    let review = get(w, id, &format!("/dashboard/confirm?{query}"));
+    assert_eq!(review.status, 200, "{query}: {}", review.body);
+    assert!(
+        review.body.contains(expect),
+        "{query}: {expect:?} not in\n{}",
+        review.body
+    );
+    // The confirmation carries the review's own hidden fields.
+    let confirm = review
+        .body
+        .split("class=\"confirm\">")
+        .nth(1)
+        .expect("a confirmation form");
+    let form = confirm
+        .split("</form>")
+        .next()
+        .unwrap_or_default()
+        .split("<input type=\"hidden\" name=\"")
+        .skip(1)
+        .filter_map(|f| {
+            let (name, rest) = f.split_once("\" value=\"")?;
+            let value = rest.split('"').next()?;
+            Some(format!(
+                "{name}={}",
+                value
+                    .replace("&amp;", "&")
+                    .replace('%', "%25")
+                    .replace('+', "%2B")
+                    .replace('&', "%26")
+            ))
+        })
+        .collect::<Vec<_>>()
+        .join("&");
+    assert!(form.contains(&format!("csrf={csrf}")), "{form}");
+    let done = post(w, "/dashboard/do", Some(id), &[], &form);
+    assert_eq!(done.status, 303, "{query}: {}", done.body);
+    let page = get(w, id, "/dashboard");
+    page.body
+        .split("id=\"flash\">")
+        .nth(1)
+        .and_then(|s| s.split("</div>").next())
+        .unwrap_or_else(|| panic!("no flash after {query}"))
+        .to_string()
+}
+
+/// Sends one message to `rcpt` through the inbound listener.
+fn send_mail(w: &World, rcpt: &str) {
+    let mut c = LineConn::tcp(w.addr("inbound"));
+    assert!(c.read_line().starts_with("220 "));
+    for (line, want) in [
+        ("HELO mx.sender.example".to_string(), "250 "),
+        ("MAIL FROM:<x@sender.example>".to_string(), "250 "),
+        (format!("RCPT TO:<{rcpt}>"), "250 "),
+        ("DATA".to_string(), "354 "),
+    ] {
+        c.send(&line);
+        let reply = c.read_line();
+        assert!(reply.starts_with(want), "{line}: {reply}");
+    }
+    c.send_raw(b"From: x@sender.example\r\nSubject: held\r\nMessage-ID: <held@sender.example>\r\n\r\nbody\r\n.\r\n");
+    let reply = c.read_line();
+    assert!(reply.starts_with("250 "), "{reply}");
+    c.send("QUIT");
+}
+
+#[test]
+fn each_action_is_reviewed_first_then_done_and_audited_under_the_token_name() {
+    let w = world();
+    let api = Api::new(w.addr("admin"));
+    let (id, csrf) = sign_in(&w);
+
+    // A mailbox flip: the review changes nothing, the confirmation does.
+    let q = "action=mailbox&mailbox=dave%40pec.example&state=migrated&backend=";
+    let review = get(&w, &id, &format!("/dashboard/confirm?{q}"));
+    assert!(review
+        .body
+        .contains("Set mailbox <strong>dave@pec.example</strong> from"));
+    let (_, dave) = api.get("/api/mailboxes/dave@pec.example");
+    assert_eq!(dave["source"], "domain", "{dave}");
+    let flash = review_and_do(&w, &id, &csrf, q, "New logins go to: <strong>new</strong>");
+    assert!(
+        flash.contains("Mailbox dave@pec.example: domain&#39;s state → migrated"),
+        "{flash}"
+    );
+    let (_, dave) = api.get("/api/mailboxes/dave@pec.example");
+    assert_eq!(
+        (dave["state"].as_str(), dave["source"].as_str()),
+        (Some("migrated"), Some("mailbox"))
+    );
+
+    // A schedule, in the admin's local time with its offset; then cancelled.
+    let q = "action=schedule&kind=domain&target=comune.example&state=blackout&at=2030-01-01T08%3A00&tz=%2B01%3A00";
+    let flash = review_and_do(&w, &id, &csrf, q, "2030-01-01 07:00:00Z");
+    assert!(
+        flash.contains("comune.example to blackout at 2030-01-01T07:00:00Z"),
+        "{flash}"
+    );
+    let (_, list) = api.get("/api/schedules");
+    let s = &list["schedules"][0];
+    assert_eq!(
+        (s["by"].as_str(), s["at"].as_str()),
+        (Some("ops"), Some("2030-01-01T07:00:00Z")),
+        "{list}"
+    );
+    let sid = s["id"].as_u64().unwrap();
+    let flash = review_and_do(
+        &w,
+        &id,
+        &csrf,
+        &format!("action=unschedule&id={sid}"),
+        "Cancel schedule",
+    );
+    assert!(
+        flash.contains(&format!("Schedule {sid} cancelled.")),
+        "{flash}"
+    );
+    assert_eq!(
+        api.get("/api/schedules").1["schedules"],
+        serde_json::json!([])
+    );
+
+    // Closing a mailbox's sessions.
+    let mut open = w.login(&ALICE, ALICE.legacy_password);
+    let flash = review_and_do(
+        &w,
+        &id,
+        &csrf,
+        "action=kick&kind=mailbox&target=alice%40pec.example",
+        "<strong>1</strong> now",
+    );
+    assert!(flash.contains("1 session(s) closed."), "{flash}");
+    open.get_mut()
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    assert!(open.read_line().starts_with("* BYE"));
+
+    // Holding and releasing a message spooled during a blackout.
+    let (code, _) = api.send_json(
+        "PUT",
+        "/api/domains/pec.example",
+        &serde_json::json!({"state": "blackout"}),
+    );
+    assert_eq!(code, 200);
+    send_mail(&w, ALICE.address);
+    let (_, list) = api.get("/api/queue/messages");
+    let mid = list["messages"][0]["id"]
+        .as_str()
+        .expect("a queued message")
+        .to_string();
+    let page = get(&w, &id, "/dashboard");
+    assert!(page.body.contains(&mid), "the queue section lists it");
+    let flash = review_and_do(
+        &w,
+        &id,
+        &csrf,
+        &format!("action=hold&id={mid}"),
+        "Hold message",
+    );
+    assert_eq!(flash, format!("Message {mid} held."));
+    assert_eq!(api.get(&format!("/api/queue/{mid}")).1["held"], true);
+    let flash = review_and_do(
+        &w,
+        &id,
+        &csrf,
+        &format!("action=release&id={mid}"),
+        "Release message",
+    );
+    assert_eq!(flash, format!("Message {mid} released."));
+
+    // Every change is in the audit log under the token's name.
+    let entries = audit(&api);
+    for what in ["mailbox dave@pec.example", "schedule", "queue"] {
+        assert!(
+            entries
+                .iter()
+                .any(|a| a["who"] == "ops" && a["what"].as_str().unwrap_or("").starts_with(what)),
+            "{what}: {entries:?}"
+        );
+    }
+
+    // What cannot be done is said, with the API's status; what is shown
+    // is escaped.
+    let r = get(
+        &w,
+        &id,
+        "/dashboard/confirm?action=domain&domain=nowhere.example&state=legacy",
+    );
+    assert_eq!(r.status, 404);
+    assert!(r.body.contains("nowhere.example is not a managed domain"));
+    assert_eq!(
+        get(&w, &id, "/dashboard/confirm?action=hold&id=zz").status,
+        400
+    );
+    let r = get(&w, &id, "/dashboard/confirm?action=mailbox&mailbox=%3Cscript%3Ealert(1)%3C%2Fscript%3E%40pec.example&state=legacy");
+    assert_eq!(r.status, 200);
+    assert!(r
+        .body
+        .contains("&lt;script&gt;alert(1)&lt;/script&gt;@pec.example"));
+    assert!(!r.body.contains("<script>alert"));
+}
+
+#[test]
+fn an_open_live_page_gets_updates_and_does_not_hold_up_shutdown() {
+    use std::io::Read as _;
+    use std::process::{Command, Stdio};
+
+    let mut w = world();
+    let (id, _) = sign_in(&w);
+    let mut stream = Command::new("timeout")
+        .args(["30", "curl", "-sS", "-N", "-H"])
+        .arg(format!("Cookie: ponte_dashboard={id}"))
+        .arg(format!("http://{}/dashboard/events", w.addr("admin")))
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("curl");
+    let mut out = stream.stdout.take().expect("stdout");
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("summary-live") {
+        let n = out.read(&mut buf).expect("read the event stream");
+        assert!(n > 0, "stream ended: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+    assert!(String::from_utf8_lossy(&seen).starts_with("event: update\ndata: {"));
+
+    // Shutdown ends the stream instead of waiting for the page to close.
+    let started = std::time::Instant::now();
+    w.stop();
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
+    let status = stream.wait().expect("curl ends");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_ne!(
+        status.code(),
+        Some(124),
+        "curl timed out: the stream stayed open"
+    );
+}
