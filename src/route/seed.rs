@@ -38,6 +38,34 @@ pub fn parse_mailbox_csv(
         .from_reader(text.as_bytes());
     let mut rows = Vec::new();
     let mut bad = Vec::new();
+    // Line numbers counted here: the csv crate's own are short after CRLF
+    // line ends (files from Windows, a browser's text area), and its record
+    // offset can point before the blank and comment lines it skipped.
+    // Counted incrementally: imports are 100k rows.
+    let bytes = text.as_bytes();
+    let (mut seen_byte, mut seen_line) = (0usize, 1u64);
+    let mut line_at = |mut byte: usize| {
+        loop {
+            while byte < bytes.len() && matches!(bytes[byte], b'\r' | b'\n') {
+                byte += 1;
+            }
+            if bytes.get(byte) != Some(&b'#') {
+                break;
+            }
+            while byte < bytes.len() && bytes[byte] != b'\n' {
+                byte += 1;
+            }
+        }
+        let byte = byte.min(bytes.len());
+        if byte > seen_byte {
+            seen_line += bytes[seen_byte..byte]
+                .iter()
+                .filter(|&&b| b == b'\n')
+                .count() as u64;
+            seen_byte = byte;
+        }
+        seen_line
+    };
     for (i, rec) in reader.records().enumerate() {
         let rec = match rec {
             Ok(r) => r,
@@ -46,7 +74,9 @@ pub fn parse_mailbox_csv(
                 continue;
             }
         };
-        let line = rec.position().map_or(i as u64 + 1, |p| p.line());
+        let line = rec
+            .position()
+            .map_or(i as u64 + 1, |p| line_at(p.byte() as usize));
         let field = |n| rec.get(n).unwrap_or("");
         if i == 0 && field(0).eq_ignore_ascii_case("address") {
             continue;
@@ -147,6 +177,20 @@ mod tests {
             )
         );
         assert_eq!(rows[1].2, None);
+    }
+
+    #[test]
+    fn line_numbers_hold_with_crlf_comments_and_blank_lines() {
+        let err = parse_mailbox_csv(
+            "address,state\r\n# first wave\r\nok@pec.example,legacy\r\n\r\ny@pec.example,gone\r\nz@pec.example,flying\r\n",
+            &domains(),
+            &|_| false,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.starts_with("2 bad row(s)"), "{err}");
+        assert!(err.contains("line 5: unknown state \"gone\""), "{err}");
+        assert!(err.contains("line 6: unknown state \"flying\""), "{err}");
     }
 
     #[test]

@@ -288,10 +288,9 @@ pub async fn import(State(s): St, who: Signed, Form(form): Form<ImportForm>) -> 
     }
     let control = s.control.clone();
     let state = s.clone();
-    // Browsers send a text area's line breaks as CRLF (HTML's form
-    // encoding); the CSV reader's line numbers are off by one per CRLF,
-    // and the report must name the lines the admin sees.
-    let csv = form.csv.replace("\r\n", "\n");
+    // A text area's line breaks arrive as CRLF; the parser counts lines
+    // the way the admin sees them either way.
+    let csv = form.csv;
     let checked = tokio::task::spawn_blocking(move || {
         let ctx = control.ctx();
         let known = |b: &str| ctx.backends.contains_key(b);
