@@ -31,7 +31,8 @@ use crate::spool::{self, worker, Spool};
 
 /// Everything a session needs. One per configuration generation: a
 /// reload builds a new one; sessions keep the one they started with. The
-/// registry, the store and `hard_stop` are shared by all generations.
+/// registry, the store, `draining` and `hard_stop` are shared by all
+/// generations.
 pub struct Ctx {
     pub config: Config,
     pub listeners: BTreeMap<String, Arc<ListenerConfig>>,
@@ -39,6 +40,9 @@ pub struct Ctx {
     pub backends: Backends,
     pub registry: Arc<Registry>,
     pub tls: Option<Arc<ServerConfig>>,
+    /// Cancelled when shutdown starts: sessions not yet logged in are
+    /// told to go (they have nothing in flight to finish).
+    pub draining: CancellationToken,
     /// Cancelled when the shutdown grace period is over: bridges still
     /// open say goodbye and close.
     pub hard_stop: CancellationToken,
@@ -79,7 +83,7 @@ impl Ctx {
         config: Config,
         store: Arc<dyn StateStore>,
         registry: Arc<Registry>,
-        hard_stop: CancellationToken,
+        (draining, hard_stop): (CancellationToken, CancellationToken),
         inbound: Inbound,
         throttle: Arc<Throttle>,
         observed: Arc<Observed>,
@@ -104,6 +108,7 @@ impl Ctx {
             backends,
             registry,
             tls,
+            draining,
             hard_stop,
             inbound,
             throttle,
@@ -226,7 +231,7 @@ impl Server {
             config,
             store,
             Registry::new(),
-            CancellationToken::new(),
+            (CancellationToken::new(), CancellationToken::new()),
             inbound,
             throttle,
             Arc::new(Observed::default()),
@@ -452,7 +457,7 @@ impl Running {
             config,
             store,
             old.registry.clone(),
-            old.hard_stop.clone(),
+            (old.draining.clone(), old.hard_stop.clone()),
             old.inbound.clone(),
             old.throttle.clone(),
             old.observed.clone(),
@@ -485,6 +490,7 @@ impl Running {
         self.accept_loops.wait().await;
         self.sessions.close();
         let ctx = self.current.load_full();
+        ctx.draining.cancel();
         let grace = ctx.config.limits.shutdown_grace;
         info!(
             sessions = self.sessions.len(),

@@ -38,6 +38,34 @@ fn sigterm_stops_accepting_and_drains_open_sessions() {
 }
 
 #[test]
+fn sessions_not_yet_logged_in_are_told_to_go_when_shutdown_starts() {
+    let w = World::backends_only("");
+    let (mut p, addrs) = Process::start(&w);
+    let mut imap = LineConn::tcp(addrs["imap"]);
+    assert!(imap.read_line().starts_with("* OK"));
+    let mut pop3 = LineConn::tcp(addrs["pop3"]);
+    assert!(pop3.read_line().starts_with("+OK"));
+    let mut submission = LineConn::tcp(addrs["submission"]);
+    assert!(submission.read_line().starts_with("220"));
+    let started = Instant::now();
+    p.terminate();
+    // At once, not after the grace period (2 s): nothing is in flight.
+    assert_eq!(
+        imap.read_line(),
+        "* BYE Server shutting down, please reconnect."
+    );
+    assert!(pop3.read_line().starts_with("-ERR [SYS/TEMP]"));
+    assert!(submission.read_line().starts_with("421 4.3.2"));
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    let status = p.wait(Duration::from_secs(15));
+    assert!(status.success(), "{status:?}\n{}", p.log());
+}
+
+#[test]
 fn passwords_never_reach_the_log() {
     let w = World::backends_only("");
     let (mut p, addrs) = Process::start(&w);

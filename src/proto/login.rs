@@ -200,3 +200,29 @@ pub fn one_line(text: &str) -> String {
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect()
 }
+
+/// What a pre-auth front's wait for the client's next bytes ended with.
+pub enum Waited<T> {
+    Read(T),
+    /// The pre-auth deadline passed.
+    Timeout,
+    /// Shutdown started: the front says goodbye and closes.
+    Draining,
+}
+
+/// Waits for `read` (the client's next bytes) until `deadline`, or until
+/// shutdown starts: a session not logged in has nothing to finish.
+pub async fn client_bytes<T>(
+    read: impl std::future::Future<Output = T>,
+    deadline: tokio::time::Instant,
+    draining: &tokio_util::sync::CancellationToken,
+) -> Waited<T> {
+    tokio::select! {
+        biased;
+        _ = draining.cancelled() => Waited::Draining,
+        r = tokio::time::timeout_at(deadline, read) => match r {
+            Ok(v) => Waited::Read(v),
+            Err(_) => Waited::Timeout,
+        },
+    }
+}

@@ -67,6 +67,7 @@ pub async fn serve(stream: Stream, conn: &ConnInfo, ctx: &Ctx) -> Outcome {
     let deadline = conn.accepted + limits.preauth_timeout;
     let mut front = Front::new(stream, policy, deadline, limits.max_preauth_bytes);
     front.oauth = conn.listener.oauth;
+    front.draining = ctx.draining.clone();
     // Boxed: the login phase's state (parsers, backend login) is several
     // KiB; on the heap it is freed once logged in, instead of sizing the
     // task of every idle session for it.

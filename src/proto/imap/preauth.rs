@@ -16,10 +16,12 @@ use imap_codec::{AuthenticateDataCodec, CommandCodec};
 use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 use tokio_rustls::rustls::ServerConfig;
+use tokio_util::sync::CancellationToken;
 
 use super::framer::{Frame, Framer};
 use crate::config::TlsMode;
 use crate::net::stream::Stream;
+use crate::proto::login::{self, Waited};
 use crate::proto::sasl::{self, Mechanism};
 use crate::secret::Credentials;
 
@@ -32,6 +34,8 @@ pub enum FrontError {
     Timeout,
     #[error("pre-auth byte budget exceeded")]
     TooMuch,
+    #[error("server shutting down")]
+    Shutdown,
     #[error("TLS handshake: {0}")]
     Tls(std::io::Error),
     #[error("i/o: {0}")]
@@ -68,6 +72,8 @@ pub struct Front {
     pub client_id: Vec<(String, String)>,
     /// Offer and take XOAUTH2 and OAUTHBEARER (the listener's `oauth`).
     pub oauth: bool,
+    /// Cancelled when shutdown starts (`Ctx::draining`).
+    pub draining: CancellationToken,
 }
 
 const MAX_ID_FIELDS: usize = 30;
@@ -85,6 +91,7 @@ impl Front {
             budget: max_message as usize * 4,
             client_id: Vec::new(),
             oauth: false,
+            draining: CancellationToken::new(),
         }
     }
 
@@ -208,13 +215,20 @@ impl Front {
             return Err(FrontError::Closed);
         };
         let framer = &mut self.framer;
-        let n = match tokio::time::timeout_at(deadline, framer.fill(stream)).await {
-            Ok(r) => r?,
-            Err(_) => {
+        let read = login::client_bytes(framer.fill(stream), deadline, &self.draining).await;
+        let n = match read {
+            Waited::Read(r) => r?,
+            Waited::Timeout => {
                 let _ = self
                     .write(b"* BYE Autologout; idle for too long.\r\n")
                     .await;
                 return Err(FrontError::Timeout);
+            }
+            Waited::Draining => {
+                let _ = self
+                    .write(b"* BYE Server shutting down, please reconnect.\r\n")
+                    .await;
+                return Err(FrontError::Shutdown);
             }
         };
         if n == 0 {

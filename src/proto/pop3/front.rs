@@ -13,9 +13,11 @@ use base64::Engine;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 use tokio_rustls::rustls::ServerConfig;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::TlsMode;
 use crate::net::stream::Stream;
+use crate::proto::login::{self, Waited};
 use crate::proto::sasl;
 use crate::secret::Credentials;
 
@@ -31,6 +33,8 @@ pub enum FrontError {
     Timeout,
     #[error("pre-auth byte budget exceeded")]
     TooMuch,
+    #[error("server shutting down")]
+    Shutdown,
     #[error("TLS handshake: {0}")]
     Tls(std::io::Error),
     #[error("i/o: {0}")]
@@ -51,6 +55,8 @@ pub struct Front {
     user: Option<String>,
     /// Offer and take XOAUTH2 and OAUTHBEARER (the listener's `oauth`).
     pub oauth: bool,
+    /// Cancelled when shutdown starts (`Ctx::draining`).
+    pub draining: CancellationToken,
 }
 
 /// What one command led to.
@@ -70,6 +76,7 @@ impl Front {
             budget,
             user: None,
             oauth: false,
+            draining: CancellationToken::new(),
         }
     }
 
@@ -136,11 +143,19 @@ impl Front {
         let deadline = self.deadline;
         let stream = self.stream.as_mut().ok_or(FrontError::Closed)?;
         let mut chunk = [0u8; 1024];
-        let n = match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
-            Ok(r) => r?,
-            Err(_) => {
+        let n = match login::client_bytes(stream.read(&mut chunk), deadline, &self.draining).await {
+            Waited::Read(r) => r?,
+            Waited::Timeout => {
                 let _ = self.write(b"-ERR Disconnected for inactivity.\r\n").await;
                 return Err(FrontError::Timeout);
+            }
+            // No command is pending, but a client reads this before the
+            // close and knows to come back (RFC 2449's SYS/TEMP).
+            Waited::Draining => {
+                let _ = self
+                    .write(b"-ERR [SYS/TEMP] Server shutting down, please reconnect.\r\n")
+                    .await;
+                return Err(FrontError::Shutdown);
             }
         };
         if n == 0 {

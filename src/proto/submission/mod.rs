@@ -65,6 +65,7 @@ pub async fn serve(stream: Stream, conn: &ConnInfo, ctx: &Ctx) -> Outcome {
     let deadline = conn.accepted + limits.preauth_timeout;
     let mut front = Front::new(stream, policy, deadline, limits.max_preauth_bytes);
     front.oauth = conn.listener.oauth;
+    front.draining = ctx.draining.clone();
     let session = match authenticate(&mut front, conn, ctx).await {
         Ok(Some(s)) => s,
         Ok(None) => return Outcome::NoLogin("quit".into()),

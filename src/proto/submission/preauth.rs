@@ -16,9 +16,11 @@ use smtp_proto::{
 use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 use tokio_rustls::rustls::ServerConfig;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::TlsMode;
 use crate::net::stream::Stream;
+use crate::proto::login::{self, Waited};
 use crate::proto::sasl;
 use crate::proto::smtp::lines::Lines;
 use crate::secret::{Credentials, Secret};
@@ -32,6 +34,8 @@ pub enum FrontError {
     Timeout,
     #[error("pre-auth byte budget exceeded")]
     TooMuch,
+    #[error("server shutting down")]
+    Shutdown,
     #[error("line too long")]
     LineTooLong,
     #[error("protocol: {0}")]
@@ -84,6 +88,8 @@ pub struct Front {
     helo: Option<String>,
     /// Offer and take XOAUTH2 and OAUTHBEARER (the listener's `oauth`).
     pub oauth: bool,
+    /// Cancelled when shutdown starts (`Ctx::draining`).
+    pub draining: CancellationToken,
 }
 
 impl Front {
@@ -98,6 +104,7 @@ impl Front {
             budget: max_preauth * 4,
             helo: None,
             oauth: false,
+            draining: CancellationToken::new(),
         }
     }
 
@@ -192,12 +199,18 @@ impl Front {
     async fn fill(&mut self) -> Result<(), FrontError> {
         let deadline = self.deadline;
         let stream = self.stream.as_mut().ok_or(FrontError::Closed)?;
-        let n = match tokio::time::timeout_at(deadline, self.lines.fill(stream)).await {
-            Ok(r) => r?,
-            Err(_) => {
+        let n = match login::client_bytes(self.lines.fill(stream), deadline, &self.draining).await {
+            Waited::Read(r) => r?,
+            Waited::Timeout => {
                 self.goodbye("421 4.4.2 Timeout, closing connection\r\n")
                     .await;
                 return Err(FrontError::Timeout);
+            }
+            // RFC 5321 §3.8: a server that must shut down answers 421.
+            Waited::Draining => {
+                self.goodbye("421 4.3.2 Server shutting down, try again later\r\n")
+                    .await;
+                return Err(FrontError::Shutdown);
             }
         };
         if n == 0 {
