@@ -74,6 +74,7 @@ pub async fn status(State(s): St) -> Api {
         "sessions": ctx.registry.len(),
         "schedules": schedules,
         "domains": domains,
+        "store": store.status(),
     })))
 }
 

@@ -1,0 +1,325 @@
+//! Fleet mode: several ponte nodes sharing one migration state in a real
+//! PostgreSQL (a throwaway cluster on a loopback port), in front of the
+//! same real Dovecot backends. A flip on one node reaches the sessions of
+//! another within a second; a schedule is carried out exactly once, also
+//! with a node down; with PostgreSQL down, logins keep their last known
+//! routes and flips are refused with a clear error until it is back.
+
+mod common;
+
+use std::net::TcpStream;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::admin::Api;
+use common::net::LineConn;
+use common::ponte::Ponte;
+use common::postgres::Postgres;
+use common::world::{marker, World, ALICE, BOB};
+use serde_json::{json, Value};
+
+/// Propagation bound the issue asks for.
+const WITHIN: Duration = Duration::from_secs(1);
+
+struct Fleet {
+    // Dropped in this order: nodes first, then backends and PostgreSQL.
+    nodes: Vec<Option<Ponte>>,
+    world: World,
+    pg: Postgres,
+}
+
+impl Fleet {
+    fn start(n: usize) -> Fleet {
+        let pg = Postgres::start();
+        let world = World::backends_only("");
+        let nodes = (0..n)
+            .map(|i| Some(Ponte::start(&world.fleet_config(&pg.url(), &node_name(i)))))
+            .collect();
+        Fleet { nodes, world, pg }
+    }
+
+    fn node(&self, i: usize) -> &Ponte {
+        self.nodes[i].as_ref().expect("node running")
+    }
+
+    fn api(&self, i: usize) -> Api {
+        Api::new(self.node(i).addr("admin"))
+    }
+
+    fn stop(&mut self, i: usize) {
+        if let Some(p) = self.nodes[i].take() {
+            p.stop();
+        }
+    }
+}
+
+fn node_name(i: usize) -> String {
+    format!("node-{}", (b'a' + i as u8) as char)
+}
+
+fn login(c: &mut LineConn<TcpStream>, user: &str, pw: &str) {
+    let greeting = c.read_line();
+    assert!(greeting.starts_with("* OK"), "{greeting}");
+    let pw = pw.replace('"', "\\\"");
+    let r = c.imap("a", &format!("LOGIN \"{user}\" \"{pw}\""));
+    assert!(r.status.starts_with("OK"), "login {user}: {}", r.status);
+}
+
+/// A logged-in session on `node` sitting in IDLE on its INBOX.
+fn idling(node: &Ponte, user: &str, pw: &str) -> LineConn<TcpStream> {
+    let mut c = LineConn::tcp(node.addr("imap"));
+    login(&mut c, user, pw);
+    assert!(c.imap("b", "SELECT INBOX").is_ok());
+    c.send("c IDLE");
+    let go = c.read_line();
+    assert!(go.starts_with('+'), "{go}");
+    c
+}
+
+/// Reads until `* BYE`, failing after `within` (measured from `since`);
+/// returns the BYE line and when it came.
+fn wait_bye(c: &mut LineConn<TcpStream>, since: Instant, within: Duration) -> (String, Duration) {
+    c.get_mut()
+        .set_read_timeout(Some(within + Duration::from_secs(1)))
+        .expect("read timeout");
+    loop {
+        let line = c
+            .try_read_line()
+            .unwrap_or_else(|e| panic!("no BYE within {within:?}: {e}"));
+        if line.starts_with("* BYE") {
+            return (line, since.elapsed());
+        }
+        assert!(
+            since.elapsed() < within + Duration::from_secs(1),
+            "no BYE; last line {line:?}"
+        );
+    }
+}
+
+/// The subject of the first INBOX message, logged in as `user` on `node`.
+fn first_subject(node: &Ponte, user: &str, pw: &str) -> String {
+    let mut c = LineConn::tcp(node.addr("imap"));
+    login(&mut c, user, pw);
+    assert!(c.imap("b", "EXAMINE INBOX").is_ok());
+    let r = c.imap("c", "FETCH 1 (BODY.PEEK[HEADER.FIELDS (SUBJECT)])");
+    assert!(r.is_ok(), "{}", r.status);
+    c.imap("z", "LOGOUT");
+    r.text()
+}
+
+/// Polls `f` every 50 ms until it is true; panics after `within`.
+fn wait_until(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !f() {
+        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn store_up(api: &Api) -> Option<bool> {
+    let (code, status) = api.get("/api/status");
+    assert_eq!(code, 200, "{status}");
+    status["store"]["up"].as_bool()
+}
+
+fn set_mailbox(api: &Api, address: &str, state: &str) -> (u16, Value) {
+    api.send_json(
+        "PUT",
+        &format!("/api/mailboxes/{address}"),
+        &json!({ "state": state }),
+    )
+}
+
+fn audit(api: &Api) -> Vec<Value> {
+    let (code, body) = api.get("/api/audit?limit=1000");
+    assert_eq!(code, 200, "{body}");
+    body["audit"].as_array().cloned().unwrap_or_default()
+}
+
+/// Runs `ponte ctl ARGS` against `node`'s admin API.
+fn ctl(w: &World, node: &Ponte, args: &[&str]) -> Output {
+    let url = format!("http://{}", node.addr("admin"));
+    Command::new("timeout")
+        .arg("30")
+        .arg(env!("CARGO_BIN_EXE_ponte"))
+        .arg("ctl")
+        .args(["--url", &url, "--token-file"])
+        .arg(w.dir.path().join("admin.token"))
+        .args(args)
+        .env_remove("PONTE_LOG")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run ponte ctl")
+}
+
+#[test]
+fn a_flip_on_one_node_closes_an_idle_session_on_another_within_a_second() {
+    let f = Fleet::start(3);
+    let (a, c) = (0, 2);
+    let pw = ALICE.legacy_password.unwrap();
+    assert!(first_subject(f.node(c), ALICE.address, pw).contains(&marker("legacy", ALICE.address)));
+    let mut idle = idling(f.node(c), ALICE.address, pw);
+    let flipped = Instant::now();
+    let (code, body) = set_mailbox(&f.api(a), ALICE.address, "migrated");
+    assert_eq!(code, 200, "{body}");
+    let (bye, took) = wait_bye(&mut idle, flipped, WITHIN);
+    println!("flip on node-a -> BYE on node-c after {took:?}: {bye}");
+    assert!(took < WITHIN, "BYE after {took:?}");
+    assert!(bye.contains("moved"), "{bye}");
+    // The client reconnects to node C and lands on the new backend.
+    let new_pw = ALICE.new_password.unwrap();
+    let subject = first_subject(f.node(c), ALICE.address, new_pw);
+    assert!(subject.contains(&marker("new", ALICE.address)), "{subject}");
+    // Every node routes the same way and shows the same audit log.
+    for i in 0..3 {
+        let (code, m) = f.api(i).get(&format!("/api/mailboxes/{}", ALICE.address));
+        assert_eq!(
+            (code, m["route"].as_str()),
+            (200, Some("new")),
+            "node {i}: {m}"
+        );
+    }
+    let flips: Vec<Value> = audit(&f.api(1))
+        .into_iter()
+        .filter(|e| e["what"] == format!("mailbox {}", ALICE.address))
+        .collect();
+    assert_eq!(flips.len(), 1, "{flips:?}");
+    assert_eq!(flips[0]["new"], "migrated");
+    // The fleet view: every node's heartbeat, within the period.
+    wait_until(
+        "three nodes in the fleet view",
+        Duration::from_secs(8),
+        || {
+            let (code, body) = f.api(1).get("/api/queue?fleet=1");
+            code == 200 && body["nodes"].as_array().is_some_and(|n| n.len() == 3)
+        },
+    );
+    let out = ctl(&f.world, f.node(0), &["queue", "--fleet"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    for i in 0..3 {
+        assert!(text.contains(&node_name(i)), "{text}");
+    }
+}
+
+#[test]
+fn a_schedule_is_carried_out_once_with_a_node_down() {
+    let mut f = Fleet::start(3);
+    let pw = ALICE.legacy_password.unwrap();
+    let mut idle = idling(f.node(2), ALICE.address, pw);
+    // Due in 3 s, added on node A, which is then stopped just before.
+    let at = time::OffsetDateTime::now_utc().unix_timestamp() + 3;
+    let at_text = time::OffsetDateTime::from_unix_timestamp(at)
+        .unwrap()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let (code, s) = f.api(0).send_json(
+        "POST",
+        "/api/schedules",
+        &json!({ "domain": "pec.example", "state": "migrated", "at": at_text }),
+    );
+    assert_eq!(code, 201, "{s}");
+    let id = s["id"].as_u64().expect("schedule id");
+    // The other nodes know of it (NOTIFY), before it is due.
+    wait_until("schedule seen on node C", Duration::from_secs(2), || {
+        let (_, l) = f.api(2).get("/api/schedules");
+        l["schedules"].as_array().is_some_and(|l| l.len() == 1)
+    });
+    let until_due =
+        Duration::from_secs((at - time::OffsetDateTime::now_utc().unix_timestamp()).max(1) as u64);
+    std::thread::sleep(until_due.saturating_sub(Duration::from_millis(900)));
+    f.stop(0);
+    let (bye, took) = wait_bye(&mut idle, Instant::now(), Duration::from_secs(5));
+    println!("schedule {id} due; BYE on node-c after {took:?} more: {bye}");
+    // Carried out once: one domain change and one schedule removal, by the schedule.
+    let who = format!("schedule {id} by ops");
+    let entries = audit(&f.api(1));
+    let by_schedule: Vec<&Value> = entries
+        .iter()
+        .filter(|e| e["who"] == who.as_str())
+        .collect();
+    let what: Vec<&str> = by_schedule
+        .iter()
+        .map(|e| e["what"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        what,
+        vec![
+            "domain pec.example".to_string(),
+            format!("schedule {id}: domain pec.example")
+        ],
+        "{entries:?}"
+    );
+    for i in [1, 2] {
+        let (_, l) = f.api(i).get("/api/schedules");
+        assert_eq!(
+            l["schedules"].as_array().map(Vec::len),
+            Some(0),
+            "node {i}: {l}"
+        );
+    }
+    let new_pw = ALICE.new_password.unwrap();
+    assert!(first_subject(f.node(1), ALICE.address, new_pw).contains(&marker("new", ALICE.address)));
+}
+
+#[test]
+fn postgres_down_keeps_routing_refuses_flips_and_catches_up() {
+    let mut f = Fleet::start(2);
+    for i in 0..2 {
+        wait_until("store up", Duration::from_secs(5), || {
+            store_up(&f.api(i)) == Some(true)
+        });
+    }
+    f.pg.stop();
+    for i in 0..2 {
+        wait_until("store seen down", Duration::from_secs(5), || {
+            store_up(&f.api(i)) == Some(false)
+        });
+    }
+    // Logins keep their last known routes, on both nodes.
+    let (bob_new, alice_legacy) = (BOB.new_password.unwrap(), ALICE.legacy_password.unwrap());
+    for i in 0..2 {
+        let s = first_subject(f.node(i), BOB.address, bob_new);
+        assert!(s.contains(&marker("new", BOB.address)), "{s}");
+        let s = first_subject(f.node(i), ALICE.address, alice_legacy);
+        assert!(s.contains(&marker("legacy", ALICE.address)), "{s}");
+    }
+    let (code, _) = f.api(0).get("/readyz");
+    assert_eq!(code, 200, "routing works: still ready");
+    // A flip is refused with a clear error, through the API and ponte ctl.
+    let (code, body) = set_mailbox(&f.api(0), ALICE.address, "migrated");
+    assert_eq!(code, 503, "{body}");
+    let error = body["error"].as_str().unwrap_or_default();
+    assert!(error.contains("state store unavailable"), "{error}");
+    assert!(
+        error.contains("routing continues from the state loaded at"),
+        "{error}"
+    );
+    let out = ctl(
+        &f.world,
+        f.node(1),
+        &["mailbox", "set", ALICE.address, "migrated"],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("state store unavailable"), "{stderr}");
+    println!("ponte ctl while PostgreSQL is down: {}", stderr.trim());
+    let idle_pw = ALICE.legacy_password.unwrap();
+    let mut idle = idling(f.node(1), ALICE.address, idle_pw);
+    // PostgreSQL back: both nodes reconnect, and a flip propagates again.
+    f.pg.start_again();
+    for i in 0..2 {
+        wait_until("store back up", Duration::from_secs(10), || {
+            store_up(&f.api(i)) == Some(true)
+        });
+    }
+    let flipped = Instant::now();
+    let (code, body) = set_mailbox(&f.api(0), ALICE.address, "migrated");
+    assert_eq!(code, 200, "{body}");
+    let (bye, took) = wait_bye(&mut idle, flipped, WITHIN);
+    println!("after PostgreSQL came back: BYE on node-b after {took:?}: {bye}");
+    assert!(took < WITHIN);
+    let new_pw = ALICE.new_password.unwrap();
+    let s = first_subject(f.node(1), ALICE.address, new_pw);
+    assert!(s.contains(&marker("new", ALICE.address)), "{s}");
+}
