@@ -323,3 +323,95 @@ fn postgres_down_keeps_routing_refuses_flips_and_catches_up() {
     let s = first_subject(f.node(1), ALICE.address, new_pw);
     assert!(s.contains(&marker("new", ALICE.address)), "{s}");
 }
+
+/// Runs `ponte ctl migrate-store ARGS` (no API involved).
+fn migrate_store(args: &[&str]) -> Output {
+    Command::new("timeout")
+        .arg("60")
+        .arg(env!("CARGO_BIN_EXE_ponte"))
+        .args(["ctl", "migrate-store"])
+        .args(args)
+        .env_remove("PONTE_LOG")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run ponte ctl migrate-store")
+}
+
+#[test]
+fn migrate_store_copies_an_embedded_state_into_postgres_and_back() {
+    use ponte::route::{PgStore, RedbStore, StateStore};
+
+    let pg = Postgres::start();
+    let mut w = World::start();
+    // Some state in the embedded store: a flip, a tempmail deadline, a schedule.
+    let api = Api::new(w.addr("admin"));
+    assert_eq!(set_mailbox(&api, ALICE.address, "blackout").0, 200);
+    let (code, _) = api.send_json(
+        "PUT",
+        &format!("/api/mailboxes/{}/tempmail", ALICE.address),
+        &json!({ "until": "2030-01-01T00:00:00Z" }),
+    );
+    assert_eq!(code, 200);
+    let (code, _) = api.send_json(
+        "POST",
+        "/api/schedules",
+        &json!({ "domain": "pec.example", "state": "migrated", "at": "2031-01-01T00:00:00Z" }),
+    );
+    assert_eq!(code, 201);
+    w.stop();
+    let state_dir = w.dir.path().join("state");
+    let before = RedbStore::open(&state_dir).unwrap().dump().unwrap();
+    assert!(before.audit.len() >= 4, "{before:?}");
+
+    let from = state_dir.display().to_string();
+    let out = migrate_store(&["--from", &from, "--to", &pg.url()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("embedded -> PostgreSQL: {}", text.trim());
+    assert!(text.contains("1 schedules"), "{text}");
+    let in_pg = PgStore::open(&pg.url(), "test").unwrap().dump().unwrap();
+    assert_eq!(
+        in_pg, before,
+        "the copy in PostgreSQL is the embedded state"
+    );
+
+    // A target that holds state is refused without --force.
+    let out = migrate_store(&["--from", &from, "--to", &pg.url()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--force"), "{err}");
+
+    // A node on PostgreSQL routes by the copied state; new audit entries
+    // follow the copied ones.
+    let node = Ponte::start(&w.fleet_config(&pg.url(), "node-a"));
+    let api = Api::new(node.addr("admin"));
+    let (_, m) = api.get(&format!("/api/mailboxes/{}", ALICE.address));
+    assert_eq!(m["state"], "blackout", "{m}");
+    assert_eq!(set_mailbox(&api, ALICE.address, "migrated").0, 200);
+    let entries = audit(&api);
+    let seqs: Vec<u64> = entries.iter().filter_map(|e| e["seq"].as_u64()).collect();
+    assert_eq!(
+        seqs.last().copied(),
+        Some(before.audit.len() as u64 + 1),
+        "{seqs:?}"
+    );
+    node.stop();
+
+    // And back, into a fresh embedded store.
+    let back = w.dir.path().join("state-back");
+    let to = back.display().to_string();
+    let out = migrate_store(&["--from", &pg.url(), "--to", &to]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let after = RedbStore::open(&back).unwrap().dump().unwrap();
+    let in_pg = PgStore::open(&pg.url(), "test").unwrap().dump().unwrap();
+    assert_eq!(after, in_pg);
+    assert_eq!(after.audit.len(), before.audit.len() + 1);
+}

@@ -741,6 +741,38 @@ mod tests {
     }
 
     #[test]
+    fn a_schedule_is_claimed_once_with_its_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = RedbStore::open(dir.path()).unwrap();
+        let add = Change::AddSchedule {
+            subject: Subject::Domain("x.example".into()),
+            state: MailboxState::Migrated,
+            at: 1_800_000_000,
+        };
+        let id = s.apply(&add, "ops").unwrap().schedule_id.unwrap();
+        let claim = Change::ClaimSchedule {
+            id,
+            change: Box::new(Change::DomainState {
+                domain: "x.example".into(),
+                state: MailboxState::Migrated,
+            }),
+        };
+        let who = format!("schedule {id} by ops");
+        let first = s.apply(&claim, &who).unwrap();
+        assert!(first.claimed);
+        let what: Vec<&str> = first.audit.iter().map(|a| a.what.as_str()).collect();
+        assert_eq!(what, ["domain x.example", "schedule 1: domain x.example"]);
+        assert!(s.schedules().unwrap().is_empty());
+        // A second claim (another node, late) changes nothing.
+        let second = s.apply(&claim, &who).unwrap();
+        assert!(!second.claimed && second.audit.is_empty());
+        assert_eq!(
+            s.domain("x.example").unwrap().unwrap().state,
+            MailboxState::Migrated
+        );
+    }
+
+    #[test]
     fn queue_actions_are_audited_with_their_message() {
         let dir = tempfile::tempdir().unwrap();
         let s = RedbStore::open(dir.path()).unwrap();
