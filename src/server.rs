@@ -294,6 +294,7 @@ impl Server {
         for (name, tcp) in listeners {
             running.start(name, tcp);
         }
+        let admin_addr = admin.as_ref().and_then(|(tcp, _)| tcp.local_addr().ok());
         if let Some((tcp, tokens)) = admin {
             running
                 .accept_loops
@@ -308,6 +309,7 @@ impl Server {
         if current.load().router.store().status().kind != "embedded" {
             running.accept_loops.spawn(crate::control::fleet::heartbeat(
                 control.clone(),
+                admin_addr,
                 shutdown.clone(),
             ));
         }

@@ -7,15 +7,15 @@
 
 mod common;
 
-use std::net::TcpStream;
-use std::process::{Command, Output, Stdio};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::admin::Api;
 use common::net::LineConn;
 use common::ponte::Ponte;
 use common::postgres::Postgres;
-use common::world::{marker, World, ALICE, BOB};
+use common::world::{marker, World, ALICE, BOB, LISTENERS};
 use serde_json::{json, Value};
 
 /// Propagation bound the issue asks for.
@@ -45,11 +45,52 @@ impl Fleet {
     fn api(&self, i: usize) -> Api {
         Api::new(self.node(i).addr("admin"))
     }
+}
 
-    fn stop(&mut self, i: usize) {
-        if let Some(p) = self.nodes[i].take() {
-            p.stop();
+/// A node run as the `ponte serve` binary, so that it can be killed
+/// (SIGKILL, no goodbye to PostgreSQL). Killed on drop too.
+struct Killable {
+    child: Child,
+    admin: SocketAddr,
+}
+
+impl Killable {
+    fn start(w: &World, url: &str, node: &str) -> Killable {
+        let mut text = w.fleet_config(url, node);
+        let mut addrs = std::collections::BTreeMap::new();
+        for name in LISTENERS {
+            let addr = common::net::loopback(common::net::free_port());
+            text = text.replacen("bind = \"127.0.0.1:0\"", &format!("bind = \"{addr}\""), 1);
+            addrs.insert(name, addr);
         }
+        let config = w.dir.path().join(format!("{node}.toml"));
+        std::fs::write(&config, text).expect("write config");
+        let log = std::fs::File::create(w.dir.path().join(format!("{node}.log"))).expect("log");
+        let child = Command::new(env!("CARGO_BIN_EXE_ponte"))
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn ponte");
+        common::net::wait_greeting(addrs["imap"], "* OK", Duration::from_secs(15))
+            .unwrap_or_else(|e| panic!("{node} did not start: {e}"));
+        Killable {
+            child,
+            admin: addrs["admin"],
+        }
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Killable {
+    fn drop(&mut self) {
+        self.kill();
     }
 }
 
@@ -203,65 +244,63 @@ fn a_flip_on_one_node_closes_an_idle_session_on_another_within_a_second() {
 }
 
 #[test]
-fn a_schedule_is_carried_out_once_with_a_node_down() {
-    let mut f = Fleet::start(3);
+fn a_schedule_is_carried_out_once_with_a_node_killed_just_before_it_is_due() {
+    // Node Z is a `ponte serve` process; nodes A and B run in this process.
+    let f = Fleet::start(2);
+    let mut z = Killable::start(&f.world, &f.pg.url(), "node-z");
     let pw = ALICE.legacy_password.unwrap();
-    let mut idle = idling(f.node(2), ALICE.address, pw);
-    // Due in 3 s, added on node A, which is then stopped just before.
+    let mut idle = idling(f.node(1), ALICE.address, pw);
+    // Due in 3 s, added on node Z, which is then killed just before.
     let at = time::OffsetDateTime::now_utc().unix_timestamp() + 3;
     let at_text = time::OffsetDateTime::from_unix_timestamp(at)
         .unwrap()
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap();
-    let (code, s) = f.api(0).send_json(
+    let (code, s) = Api::new(z.admin).send_json(
         "POST",
         "/api/schedules",
         &json!({ "domain": "pec.example", "state": "migrated", "at": at_text }),
     );
     assert_eq!(code, 201, "{s}");
     let id = s["id"].as_u64().expect("schedule id");
-    // The other nodes know of it (NOTIFY), before it is due.
-    wait_until("schedule seen on node C", Duration::from_secs(2), || {
-        let (_, l) = f.api(2).get("/api/schedules");
+    // The other nodes know of it (NOTIFY) before it is due.
+    wait_until("schedule seen on node B", Duration::from_secs(2), || {
+        let (_, l) = f.api(1).get("/api/schedules");
         l["schedules"].as_array().is_some_and(|l| l.len() == 1)
     });
-    let until_due =
-        Duration::from_secs((at - time::OffsetDateTime::now_utc().unix_timestamp()).max(1) as u64);
-    std::thread::sleep(until_due.saturating_sub(Duration::from_millis(900)));
-    f.stop(0);
-    let (bye, took) = wait_bye(&mut idle, Instant::now(), Duration::from_secs(5));
-    println!("schedule {id} due; BYE on node-c after {took:?} more: {bye}");
+    let left = at - time::OffsetDateTime::now_utc().unix_timestamp();
+    let until_due = Duration::from_secs(left.max(1) as u64);
+    std::thread::sleep(until_due.saturating_sub(Duration::from_millis(700)));
+    z.kill();
+    let killed = Instant::now();
+    let (bye, took) = wait_bye(&mut idle, killed, Duration::from_secs(5));
+    println!("schedule {id}: node-z killed, BYE on node-b {took:?} later: {bye}");
     // Carried out once: one domain change and one schedule removal, by the schedule.
     let who = format!("schedule {id} by ops");
-    let entries = audit(&f.api(1));
-    let by_schedule: Vec<&Value> = entries
+    let entries = audit(&f.api(0));
+    let what: Vec<&str> = entries
         .iter()
         .filter(|e| e["who"] == who.as_str())
-        .collect();
-    let what: Vec<&str> = by_schedule
-        .iter()
         .map(|e| e["what"].as_str().unwrap_or(""))
         .collect();
+    let removal = format!("schedule {id}: domain pec.example");
     assert_eq!(
         what,
-        vec![
-            "domain pec.example".to_string(),
-            format!("schedule {id}: domain pec.example")
-        ],
+        ["domain pec.example", removal.as_str()],
         "{entries:?}"
     );
-    for i in [1, 2] {
+    let new_pw = ALICE.new_password.unwrap();
+    for i in [0, 1] {
         let (_, l) = f.api(i).get("/api/schedules");
         assert_eq!(
             l["schedules"].as_array().map(Vec::len),
             Some(0),
             "node {i}: {l}"
         );
+        let s = first_subject(f.node(i), ALICE.address, new_pw);
+        assert!(s.contains(&marker("new", ALICE.address)), "{s}");
     }
-    let new_pw = ALICE.new_password.unwrap();
-    assert!(first_subject(f.node(1), ALICE.address, new_pw).contains(&marker("new", ALICE.address)));
 }
-
 #[test]
 fn postgres_down_keeps_routing_refuses_flips_and_catches_up() {
     let mut f = Fleet::start(2);

@@ -4,6 +4,7 @@
 //! fleet-wide view (`ponte ctl queue --fleet`).
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -43,10 +44,11 @@ impl Control {
 }
 
 /// Publishes this node's figures every [`HEARTBEAT`] until `stop`.
-pub async fn heartbeat(control: Arc<Control>, stop: CancellationToken) {
+/// `admin` is the admin API's bound address, shown in the fleet view.
+pub async fn heartbeat(control: Arc<Control>, admin: Option<SocketAddr>, stop: CancellationToken) {
     let started = now_unix();
     loop {
-        let report = report(&control, started).await;
+        let report = report(&control, admin, started).await;
         control.ctx().router.store().publish_node(report);
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -56,7 +58,7 @@ pub async fn heartbeat(control: Arc<Control>, stop: CancellationToken) {
 }
 
 /// Sessions per route and the spool's totals, now.
-async fn report(control: &Control, started: i64) -> NodeReport {
+async fn report(control: &Control, admin: Option<SocketAddr>, started: i64) -> NodeReport {
     let ctx = control.ctx();
     let sessions = ctx.registry.list();
     let mut by_route: BTreeMap<String, usize> = BTreeMap::new();
@@ -75,7 +77,7 @@ async fn report(control: &Control, started: i64) -> NodeReport {
     };
     NodeReport {
         node: ctx.config.state.node(),
-        admin: ctx.config.admin.as_ref().map(|a| a.bind.to_string()),
+        admin: admin.map(|a| a.to_string()),
         started,
         heartbeat: now,
         sessions: json!({ "total": sessions.len(), "by_route": by_route }),

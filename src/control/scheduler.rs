@@ -20,7 +20,12 @@ const MAX_SLEEP: Duration = Duration::from_secs(30);
 /// Runs until `stop`.
 pub async fn run(control: Arc<Control>, stop: CancellationToken) {
     loop {
-        let next = match apply_due(&control) {
+        // Store writes wait on disk or on PostgreSQL: not on a worker thread.
+        let c = control.clone();
+        let due = tokio::task::spawn_blocking(move || apply_due(&c))
+            .await
+            .unwrap_or_else(|e| Err(ControlError::Task(e.to_string())));
+        let next = match due {
             Ok(next) => next,
             Err(e) => {
                 warn!(error = %e, "scheduler: will retry");

@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use tokio_postgres::{AsyncMessage, NoTls};
 use tracing::{info, warn};
 
-use super::Inner;
+use super::{error_text, Inner};
 use crate::route::fleet::{Event, Payload, CHANNEL};
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
@@ -50,7 +50,7 @@ pub(super) async fn run(inner: Arc<Inner>) {
 
 /// One LISTEN connection, from connect to loss.
 async fn session(inner: &Inner, reconnect: bool) -> Result<(), String> {
-    let (client, mut conn) = inner.pg.connect(NoTls).await.map_err(|e| e.to_string())?;
+    let (client, mut conn) = inner.pg.connect(NoTls).await.map_err(|e| error_text(&e))?;
     let (tx, mut rx) = mpsc::unbounded_channel();
     // The connection is driven here; notifications go to the channel,
     // which closes when the connection ends.
@@ -63,7 +63,7 @@ async fn session(inner: &Inner, reconnect: bool) -> Result<(), String> {
                     }
                 }
                 Some(Ok(_)) => {}
-                Some(Err(e)) => return Some(e.to_string()),
+                Some(Err(e)) => return Some(error_text(&e)),
                 None => return None,
             }
         }
@@ -72,7 +72,7 @@ async fn session(inner: &Inner, reconnect: bool) -> Result<(), String> {
         client
             .batch_execute(&format!("LISTEN {CHANNEL}"))
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| error_text(&e))?;
         // Listening now: whatever changed before is in this load.
         inner.reload_all().await.map_err(|e| e.to_string())
     };

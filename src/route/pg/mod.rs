@@ -187,6 +187,21 @@ pub fn parse_url(url: &str, node: &str) -> Result<tokio_postgres::Config, StoreE
     Ok(pg)
 }
 
+/// An error with its causes: "error connecting to server" alone does not
+/// say why.
+pub(crate) fn error_text(e: &tokio_postgres::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        let part = s.to_string();
+        if !text.contains(&part) {
+            text = format!("{text}: {part}");
+        }
+        source = s.source();
+    }
+    text
+}
+
 impl Inner {
     /// The error of a write refused while PostgreSQL cannot be reached.
     fn unavailable(&self, cause: impl std::fmt::Display) -> StoreError {
@@ -207,19 +222,7 @@ impl Inner {
     fn pg_error(&self, e: tokio_postgres::Error) -> StoreError {
         match e.as_db_error() {
             Some(db) => StoreError::new(format!("PostgreSQL: {db}")),
-            None => {
-                // "error connecting to server" alone does not say why.
-                let mut text = e.to_string();
-                let mut source = std::error::Error::source(&e);
-                while let Some(s) = source {
-                    let part = s.to_string();
-                    if !text.contains(&part) {
-                        text = format!("{text}: {part}");
-                    }
-                    source = s.source();
-                }
-                self.unavailable(text)
-            }
+            None => self.unavailable(error_text(&e)),
         }
     }
 
@@ -299,6 +302,14 @@ impl StateStore for PgStore {
     }
 
     fn apply(&self, change: &Change, who: &str) -> Result<Applied, StoreError> {
+        // Lost since it was up: refuse at once rather than wait for a
+        // connection timeout (changes from the others do not arrive now
+        // either). The LISTEN task retries every 2 s at most.
+        if !self.inner.up.load(Ordering::Relaxed) {
+            if let Some(e) = self.inner.last_error.lock().ok().and_then(|e| e.clone()) {
+                return Err(self.inner.unavailable(e));
+            }
+        }
         let inner = self.inner.clone();
         let (change, who) = (change.clone(), who.to_string());
         self.call(async move { write::apply(&inner, &change, &who).await })
