@@ -454,3 +454,75 @@ fn migrate_store_copies_an_embedded_state_into_postgres_and_back() {
     assert_eq!(after, in_pg);
     assert_eq!(after.audit.len(), before.audit.len() + 1);
 }
+
+/// Whether `user`'s INBOX on `d` holds a message with this Message-ID.
+fn delivered(d: &common::dovecot::Dovecot, user: &str, message_id: &str) -> bool {
+    ["new", "cur"].iter().any(|sub| {
+        std::fs::read_dir(d.maildir(user).join(sub))
+            .map(|dir| {
+                dir.flatten().any(|f| {
+                    std::fs::read(f.path())
+                        .map(|b| String::from_utf8_lossy(&b).contains(message_id))
+                        .unwrap_or(false)
+                })
+            })
+            .unwrap_or(false)
+    })
+}
+
+/// Sends one message to `rcpt` through `node`'s inbound listener (plain SMTP).
+fn send_inbound(node: &Ponte, rcpt: &str, message_id: &str) {
+    let mut c = LineConn::tcp(node.addr("inbound"));
+    let expect = |c: &mut LineConn<TcpStream>, code: &str| loop {
+        let line = c.read_line();
+        assert!(line.starts_with(code), "expected {code}: {line}");
+        if line.as_bytes().get(3) == Some(&b' ') {
+            break;
+        }
+    };
+    expect(&mut c, "220");
+    c.send("EHLO mx.sender.example");
+    expect(&mut c, "250");
+    c.send("MAIL FROM:<mittente@sender.example>");
+    expect(&mut c, "250");
+    c.send(&format!("RCPT TO:<{rcpt}>"));
+    expect(&mut c, "250");
+    c.send("DATA");
+    expect(&mut c, "354");
+    c.send(&format!(
+        "From: mittente@sender.example\r\nTo: {rcpt}\r\nSubject: fleet\r\nMessage-ID: {message_id}\r\n\r\nspooled on one node\r\n."
+    ));
+    expect(&mut c, "250");
+    c.send("QUIT");
+}
+
+#[test]
+fn mail_spooled_on_one_node_is_delivered_when_another_node_flips_the_mailbox() {
+    let f = Fleet::start(2);
+    let (a, b) = (0, 1);
+    assert_eq!(set_mailbox(&f.api(a), ALICE.address, "blackout").0, 200);
+    // Node B knows of the blackout (NOTIFY) and spools what arrives for alice.
+    wait_until("blackout seen on node B", WITHIN, || {
+        let (_, m) = f.api(b).get(&format!("/api/mailboxes/{}", ALICE.address));
+        m["state"] == "blackout"
+    });
+    let id = "<fleet-spool@sender.example>";
+    send_inbound(f.node(b), ALICE.address, id);
+    let (_, q) = f.api(b).get("/api/queue");
+    assert_eq!(q["total"]["messages"], 1, "{q}");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!delivered(&f.world.new, ALICE.address, id));
+    // The flip on node A wakes node B's delivery worker.
+    let flipped = Instant::now();
+    assert_eq!(set_mailbox(&f.api(a), ALICE.address, "migrated").0, 200);
+    wait_until(
+        "delivered from node B's spool",
+        Duration::from_secs(5),
+        || delivered(&f.world.new, ALICE.address, id),
+    );
+    println!(
+        "flip on node-a -> node-b's spooled mail in the new store after {:?}",
+        flipped.elapsed()
+    );
+    assert!(!delivered(&f.world.legacy, ALICE.address, id));
+}

@@ -76,6 +76,7 @@ impl Postgres {
             assert!(ok, "chown the cluster directory to postgres");
         }
         let out = as_postgres(&bin.join("initdb"))
+            .current_dir(dir.path())
             .arg("-D")
             .arg(dir.path().join("data"))
             .args([
@@ -124,6 +125,7 @@ impl Postgres {
             .open(self.dir.path().join("postgres.log"))
             .expect("log file");
         let child = as_postgres(&self.bin.join("postgres"))
+            .current_dir(self.dir.path())
             .arg("-D")
             .arg(self.dir.path().join("data"))
             .arg("-k")

@@ -74,7 +74,10 @@ async fn session(inner: &Inner, reconnect: bool) -> Result<(), String> {
             .await
             .map_err(|e| error_text(&e))?;
         // Listening now: whatever changed before is in this load.
-        inner.reload_all().await.map_err(|e| e.to_string())
+        inner
+            .refresh_with(&client, &Event::All)
+            .await
+            .map_err(|e| e.to_string())
     };
     if let Err(e) = started.await {
         driver.abort();
@@ -87,7 +90,7 @@ async fn session(inner: &Inner, reconnect: bool) -> Result<(), String> {
     }
     while let Some(payload) = rx.recv().await {
         metrics::counter!("ponte_state_store_notifications_total").increment(1);
-        handle(inner, &payload).await;
+        handle(inner, &client, &payload).await;
     }
     drop(client);
     match driver.await {
@@ -96,12 +99,14 @@ async fn session(inner: &Inner, reconnect: bool) -> Result<(), String> {
     }
 }
 
-async fn handle(inner: &Inner, payload: &str) {
+/// Reloads what a notification names, on the LISTEN connection itself
+/// (known to be up: no pool connection to set up on the way).
+async fn handle(inner: &Inner, client: &tokio_postgres::Client, payload: &str) {
     let Some(p) = Payload::decode(payload) else {
         warn!(payload, "state store: unknown notification ignored");
         return;
     };
-    if let Err(e) = inner.refresh(&p.event).await {
+    if let Err(e) = inner.refresh_with(client, &p.event).await {
         warn!(error = %e, event = ?p.event, "state store: reload after a notification failed; full reload");
         if inner.reload_all().await.is_err() {
             return;
