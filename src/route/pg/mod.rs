@@ -180,7 +180,13 @@ pub fn parse_url(url: &str, node: &str) -> Result<tokio_postgres::Config, StoreE
     if pg.get_connect_timeout().is_none() {
         pg.connect_timeout(CONNECT_TIMEOUT);
     }
-    pg.keepalives_idle(Duration::from_secs(10));
+    // A silent network failure is noticed in about 25 s (keepalive
+    // probes), and a write to a dead peer fails after 10 s, instead of
+    // the kernel's defaults (minutes).
+    pg.keepalives_idle(Duration::from_secs(10))
+        .keepalives_interval(Duration::from_secs(5))
+        .keepalives_retries(3)
+        .tcp_user_timeout(Duration::from_secs(10));
     if pg.get_application_name().is_none() {
         pg.application_name(format!("ponte {node}"));
     }
