@@ -526,3 +526,42 @@ fn mail_spooled_on_one_node_is_delivered_when_another_node_flips_the_mailbox() {
     );
     assert!(!delivered(&f.world.legacy, ALICE.address, id));
 }
+
+#[test]
+fn a_schedule_due_while_every_node_was_down_runs_when_the_first_comes_back() {
+    let mut f = Fleet::start(2);
+    let at = time::OffsetDateTime::now_utc().unix_timestamp() + 2;
+    let at_text = time::OffsetDateTime::from_unix_timestamp(at)
+        .unwrap()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let (code, s) = f.api(0).send_json(
+        "POST",
+        "/api/schedules",
+        &json!({ "mailbox": ALICE.address, "state": "migrated", "at": at_text }),
+    );
+    assert_eq!(code, 201, "{s}");
+    let id = s["id"].as_u64().expect("schedule id");
+    for node in f.nodes.iter_mut() {
+        if let Some(p) = node.take() {
+            p.stop();
+        }
+    }
+    let left = at - time::OffsetDateTime::now_utc().unix_timestamp();
+    std::thread::sleep(Duration::from_secs(left.max(0) as u64 + 1));
+    let started = Instant::now();
+    let node = Ponte::start(&f.world.fleet_config(&f.pg.url(), "node-c"));
+    let api = Api::new(node.addr("admin"));
+    let who = format!("schedule {id} by ops");
+    wait_until(
+        "the late schedule carried out",
+        Duration::from_secs(5),
+        || audit(&api).iter().any(|e| e["who"] == who.as_str()),
+    );
+    println!(
+        "late schedule carried out {:?} after the first node started",
+        started.elapsed()
+    );
+    let (_, m) = api.get(&format!("/api/mailboxes/{}", ALICE.address));
+    assert_eq!(m["route"], "new", "{m}");
+}

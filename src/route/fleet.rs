@@ -32,7 +32,12 @@ pub type Hook = Arc<dyn Fn(&Event) + Send + Sync>;
 /// A NOTIFY payload: the node that made the change and what changed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Payload {
+    /// The node's name, for logs.
     pub node: String,
+    /// The writing store's instance, unique per process start: a node
+    /// skips only its own changes, also if two nodes share a name.
+    #[serde(default)]
+    pub instance: String,
     pub event: Event,
 }
 
@@ -105,6 +110,7 @@ mod tests {
         ] {
             let p = Payload {
                 node: "n1".into(),
+                instance: "1-2".into(),
                 event,
             };
             assert_eq!(Payload::decode(&p.encode()), Some(p));

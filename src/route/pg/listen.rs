@@ -113,7 +113,7 @@ async fn handle(inner: &Inner, client: &tokio_postgres::Client, payload: &str) {
         }
     }
     // Our own change: the control plane already re-routed.
-    if p.node != inner.node {
+    if p.instance != inner.instance {
         inner.fire(&p.event);
     }
 }

@@ -56,6 +56,8 @@ pub(crate) struct Inner {
     pool: Pool,
     pg: tokio_postgres::Config,
     node: String,
+    /// This store's own changes, in notifications: process id and start.
+    instance: String,
     snap: RwLock<Snapshot>,
     /// The LISTEN connection is up: changes from other nodes arrive.
     up: AtomicBool,
@@ -107,6 +109,7 @@ impl PgStore {
             pool,
             pg,
             node: node.to_string(),
+            instance: instance_id(),
             snap: RwLock::new(Snapshot::default()),
             up: AtomicBool::new(false),
             synced: AtomicI64::new(0),
@@ -163,6 +166,14 @@ impl Drop for PgStore {
             rt.shutdown_background();
         }
     }
+}
+
+/// Unique per store opened: process id and the time of opening.
+fn instance_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{}-{nanos:x}", std::process::id())
 }
 
 /// Parses `postgres://…` (or `key=value` pairs); only plain TCP and unix

@@ -129,6 +129,7 @@ fn subject_columns(s: &Subject) -> (&'static str, &str) {
 async fn notify(tx: &Transaction<'_>, inner: &Inner, event: &Event) -> Result<(), StoreError> {
     let payload = Payload {
         node: inner.node.clone(),
+        instance: inner.instance.clone(),
         event: event.clone(),
     }
     .encode();
@@ -389,6 +390,9 @@ impl Writer<'_> {
                 updated: self.now,
             };
             changed.push((address.clone(), old.map(describe), rec));
+        }
+        if changed.is_empty() {
+            return Ok(());
         }
         changed.reverse();
         let records: Vec<_> = changed.iter().map(|c| (c.0.clone(), c.2.clone())).collect();
