@@ -2,9 +2,9 @@
 //!
 //! Logins never wait on the network: every node keeps the routing state
 //! (domains, mailbox overrides, tempmail deadlines, schedules) in memory,
-//! loaded at start and kept current by LISTEN/NOTIFY ([`listen`]). Writes
+//! loaded at start and kept current by LISTEN/NOTIFY (`listen`). Writes
 //! run one transaction each, with their audit rows and a `NOTIFY` that is
-//! delivered to every node on commit ([`write`]).
+//! delivered to every node on commit (`write`).
 //!
 //! The [`StateStore`] trait is synchronous. The store owns a small tokio
 //! runtime of its own (one thread, `ponte-pg`) that drives the pool's
