@@ -75,11 +75,32 @@ impl OutboundConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StateConfig {
-    /// Directory of the embedded durable store.
+    /// Directory of the embedded durable store (the default store).
+    #[serde(default = "default_state_path")]
     pub path: PathBuf,
     /// `address,state` rows imported when the store holds no mailbox yet.
     #[serde(default)]
     pub seed: Option<PathBuf>,
+    /// `postgres://…`: a PostgreSQL shared by a fleet of nodes, instead of
+    /// the embedded store.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// This node's name in the fleet. Default: the host name.
+    #[serde(default)]
+    pub node: Option<String>,
+}
+
+fn default_state_path() -> PathBuf {
+    PathBuf::from("var/state")
+}
+
+impl StateConfig {
+    /// The configured node name, else the system's host name.
+    pub fn node(&self) -> String {
+        self.node
+            .clone()
+            .unwrap_or_else(|| OutboundConfig::default().hostname())
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -368,6 +389,7 @@ impl Config {
 
     /// Cross-checks that serde cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_state()?;
         self.validate_listeners()?;
         self.validate_backends()?;
         self.validate_domains()?;
@@ -388,6 +410,28 @@ impl Config {
             ));
         }
         self.validate_limits()
+    }
+
+    fn validate_state(&self) -> Result<(), ConfigError> {
+        if let Some(url) = &self.state.url {
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                return Err(ConfigError::invalid(
+                    "state.url",
+                    "expected postgres://user@host:port/database",
+                ));
+            }
+            crate::route::pg::parse_url(url, "check")
+                .map_err(|e| ConfigError::invalid("state.url", e.message))?;
+        }
+        if self
+            .state
+            .node
+            .as_deref()
+            .is_some_and(|n| n.trim().is_empty())
+        {
+            return Err(ConfigError::invalid("state.node", "must not be empty"));
+        }
+        Ok(())
     }
 
     fn validate_limits(&self) -> Result<(), ConfigError> {

@@ -26,16 +26,48 @@ impl ConfigError {
     }
 }
 
-/// The state store failed (I/O, corruption, encoding).
-#[derive(Debug, thiserror::Error)]
-#[error("state store: {0}")]
-pub struct StoreError(pub String);
+/// The state store failed (I/O, corruption, encoding), or cannot be
+/// reached (a fleet's PostgreSQL is down: routing goes on from the state
+/// loaded last, changes are refused until it is back).
+#[derive(Debug)]
+pub struct StoreError {
+    pub message: String,
+    /// The store cannot be reached now; retrying later may work.
+    pub unavailable: bool,
+}
 
 impl StoreError {
     pub fn new(e: impl std::fmt::Display) -> Self {
-        StoreError(e.to_string())
+        StoreError {
+            message: e.to_string(),
+            unavailable: false,
+        }
+    }
+
+    /// The store cannot be reached; `message` says why and what goes on.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        StoreError {
+            message: message.into(),
+            unavailable: true,
+        }
+    }
+
+    pub fn is_unavailable(&self) -> bool {
+        self.unavailable
     }
 }
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.unavailable {
+            write!(f, "state store unavailable: {}", self.message)
+        } else {
+            write!(f, "state store: {}", self.message)
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
 
 /// What went wrong reaching a backend. Every variant maps to a temporary
 /// error for the client (`NO [UNAVAILABLE]`, `-ERR [SYS/TEMP]`, `4xx`).

@@ -26,7 +26,7 @@ use crate::net::listener;
 use crate::net::throttle::{Policy, Throttle};
 use crate::observe::Observed;
 use crate::registry::Registry;
-use crate::route::{import_seed, RedbStore, Router, StateStore};
+use crate::route::{import_seed, Event, PgStore, RedbStore, Router, StateStore};
 use crate::spool::{self, worker, Spool};
 
 /// Everything a session needs. One per configuration generation: a
@@ -176,6 +176,8 @@ impl ReloadHandle {
 pub struct Server {
     current: Arc<ArcSwap<Ctx>>,
     control: Arc<Control>,
+    /// Changes other fleet nodes made (a PostgreSQL store only).
+    events: mpsc::UnboundedReceiver<Event>,
     listeners: Vec<(String, TcpListener)>,
     admin: Option<(TcpListener, Vec<Token>)>,
     reloads: (mpsc::Sender<ReloadRequest>, mpsc::Receiver<ReloadRequest>),
@@ -195,7 +197,7 @@ impl Server {
     /// Opens the store (importing the seed into an empty one), loads TLS
     /// material and binds every listener. Any failure here is fatal.
     pub async fn bind(config: Config) -> Result<Server, ServerError> {
-        let store = RedbStore::open(&config.state.path)?;
+        let store = open_store(&config).await?;
         if let Some(seed) = &config.state.seed {
             let known = |b: &str| config.backend.contains_key(b);
             let n = import_seed(store.as_ref(), seed, &config.domain, &known)
@@ -237,8 +239,17 @@ impl Server {
             Arc::new(Observed::default()),
         )?;
         let current = Arc::new(ArcSwap::from_pointee(ctx));
+        let (tx, events) = mpsc::unbounded_channel();
+        current
+            .load()
+            .router
+            .store()
+            .watch(Arc::new(move |e: &Event| {
+                let _ = tx.send(e.clone());
+            }));
         Ok(Server {
             control: Control::new(current.clone()),
+            events,
             current,
             listeners,
             admin,
@@ -276,6 +287,7 @@ impl Server {
         let Server {
             current,
             control,
+            events,
             listeners,
             admin,
             reloads: (_, mut reload_rx),
@@ -294,6 +306,7 @@ impl Server {
         for (name, tcp) in listeners {
             running.start(name, tcp);
         }
+        let admin_addr = admin.as_ref().and_then(|(tcp, _)| tcp.local_addr().ok());
         if let Some((tcp, tokens)) = admin {
             running
                 .accept_loops
@@ -302,6 +315,16 @@ impl Server {
         running
             .accept_loops
             .spawn(scheduler::run(control.clone(), shutdown.clone()));
+        running
+            .accept_loops
+            .spawn(fleet_events(control.clone(), events, shutdown.clone()));
+        if current.load().router.store().status().kind != "embedded" {
+            running.accept_loops.spawn(crate::control::fleet::heartbeat(
+                control.clone(),
+                admin_addr,
+                shutdown.clone(),
+            ));
+        }
         if let Some(spool) = current.load().inbound.spool.clone() {
             let wake = current.load().inbound.wake.clone();
             running
@@ -323,6 +346,37 @@ impl Server {
         }
         running.drain().await;
         Ok(())
+    }
+}
+
+/// The embedded store, or PostgreSQL with `state.url` (a fleet).
+async fn open_store(config: &Config) -> Result<Arc<dyn StateStore>, ServerError> {
+    let Some(url) = config.state.url.clone() else {
+        return Ok(RedbStore::open(&config.state.path)?);
+    };
+    let node = config.state.node();
+    // Connecting and loading wait on the network: off the worker threads.
+    let store = tokio::task::spawn_blocking(move || PgStore::open(&url, &node))
+        .await
+        .map_err(|e| crate::error::StoreError::new(format!("opening the store: {e}")))??;
+    info!(node = %config.state.node(), "state store: PostgreSQL (fleet mode)");
+    Ok(store)
+}
+
+/// Re-routes this node's sessions after another node's change.
+async fn fleet_events(
+    control: Arc<Control>,
+    mut events: mpsc::UnboundedReceiver<Event>,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            e = events.recv() => match e {
+                Some(e) => control.on_store_event(&e),
+                None => return,
+            },
+        }
     }
 }
 
@@ -416,8 +470,11 @@ impl Running {
     /// all or nothing.
     async fn reload(&mut self, config: Config) -> Result<(), String> {
         let old = self.current.load_full();
-        if config.state.path != old.config.state.path {
-            return Err("state.path cannot change without a restart".into());
+        if config.state.path != old.config.state.path
+            || config.state.url != old.config.state.url
+            || config.state.node != old.config.state.node
+        {
+            return Err("state.path, url and node cannot change without a restart".into());
         }
         if config.admin.as_ref().map(|a| a.bind) != old.config.admin.as_ref().map(|a| a.bind) {
             warn!("admin.bind changes take effect at the next restart");

@@ -60,6 +60,20 @@ fn valid_files_load() {
             format!("{BASE}\n[outbound]\nhostname = \"mx.pec.example\"\nrelay = \"smtp://relay.example:2525\"\nnameservers = [\"127.0.0.1:53\", \"[::1]:53\"]\n"),
         ),
         (
+            "fleet",
+            with(
+                "path = \"var/state\"",
+                "url = \"postgres://ponte@db.example:5432/ponte?sslmode=disable\"\nnode = \"mx1\"",
+            ),
+        ),
+        (
+            "fleet over a unix socket",
+            with(
+                "path = \"var/state\"",
+                "url = \"postgres://ponte@%2Frun%2Fpostgresql/ponte\"",
+            ),
+        ),
+        (
             "admin",
             format!(
                 "{BASE}\n[admin]\nbind = \"127.0.0.1:8025\"\ntoken_file = \"conf/admin.token\"\n"
@@ -101,6 +115,10 @@ fn invalid_files_name_the_key_and_the_reason() {
         (with("imap = \"imap://127.0.0.1:1143\"", "imap = \"imap://127.0.0.1:1143\"\ncheck_user = \"ponte\""), "backend.new.check_user", "go together"),
         (format!("{BASE}\n[outbound]\nrelay = \"lmtp://relay.example\"\n"), "outbound.relay", "smtp://"),
         (format!("{BASE}\n[outbound]\nnameservers = [\"dns.example\"]\n"), "outbound.nameservers", ""),
+        (with("path = \"var/state\"", "url = \"mysql://db.example/ponte\""), "state.url", "postgres://"),
+        (with("path = \"var/state\"", "url = \"postgres://db.example/ponte?sslmode=require\""), "state.url", "sslmode=require"),
+        (with("path = \"var/state\"", "url = \"postgres://db.example:notaport/ponte\""), "state.url", ""),
+        (with("path = \"var/state\"", "path = \"var/state\"\nnode = \" \""), "state.node", "empty"),
     ];
     for (text, key, reason) in cases {
         let err = Config::from_toml(&text).expect_err(key).to_string();

@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 
 use super::auth::Who;
 use super::{AdminState, ApiError};
-use crate::control::Selector;
+use crate::control::{Control, ControlError, Selector};
 use crate::route::{MailboxState, Schedule, Subject, Target};
 
 type Api = Result<Json<Value>, ApiError>;
@@ -30,6 +30,18 @@ fn parse_time(field: &str, text: &str) -> Result<i64, ApiError> {
                 "{field}: {e} (expected RFC 3339, e.g. 2026-04-28T08:00:00+02:00)"
             ))
         })
+}
+
+/// Runs a control-plane change on the blocking pool: a store write waits
+/// for fsync (embedded) or for PostgreSQL (a fleet, possibly behind
+/// another node's long import), never on a worker thread that serves
+/// mail sessions.
+async fn blocking<T, F>(s: &AdminState, f: F) -> Result<T, ApiError>
+where
+    T: Send + 'static,
+    F: FnOnce(&Control) -> Result<T, ControlError> + Send + 'static,
+{
+    s.control.blocking(f).await.map_err(ApiError::from)
 }
 
 fn state_arg(text: &str) -> Result<MailboxState, ApiError> {
@@ -74,6 +86,7 @@ pub async fn status(State(s): St) -> Api {
         "sessions": ctx.registry.len(),
         "schedules": schedules,
         "domains": domains,
+        "store": store.status(),
     })))
 }
 
@@ -91,7 +104,8 @@ pub async fn set_domain(
     Json(body): Json<StateBody>,
 ) -> Api {
     let state = state_arg(&body.state)?;
-    let flip = s.control.set_domain(&name, state, &who.0)?;
+    let domain = name.clone();
+    let flip = blocking(&s, move |c| c.set_domain(&domain, state, &who.0)).await?;
     Ok(Json(json!({
         "domain": name.to_ascii_lowercase(),
         "old": flip.old,
@@ -177,7 +191,8 @@ pub async fn set_tempmail(
         .as_deref()
         .map(|t| parse_time("until", t))
         .transpose()?;
-    s.control.set_tempmail(&address, until, &who.0)?;
+    let a = address.clone();
+    blocking(&s, move |c| c.set_tempmail(&a, until, &who.0)).await?;
     Ok(Json(
         json!({ "address": address.to_lowercase(), "tempmail_until": until.map_or(Value::Null, rfc3339) }),
     ))
@@ -190,9 +205,8 @@ pub async fn set_mailbox(
     Json(body): Json<StateBody>,
 ) -> Api {
     let state = state_arg(&body.state)?;
-    let flip = s
-        .control
-        .set_mailbox(&address, state, body.backend, &who.0)?;
+    let a = address.clone();
+    let flip = blocking(&s, move |c| c.set_mailbox(&a, state, body.backend, &who.0)).await?;
     Ok(Json(json!({
         "address": address.to_lowercase(),
         "old": flip.old,
@@ -206,7 +220,8 @@ pub async fn remove_mailbox(
     Extension(who): Extension<Who>,
     Path(address): Path<String>,
 ) -> Api {
-    let (removed, kicked) = s.control.remove_mailbox(&address, &who.0)?;
+    let a = address.clone();
+    let (removed, kicked) = blocking(&s, move |c| c.remove_mailbox(&a, &who.0)).await?;
     Ok(Json(
         json!({ "address": address.to_lowercase(), "removed": removed, "kicked": kicked }),
     ))
@@ -275,7 +290,7 @@ pub async fn add_schedule(
     };
     let state = state_arg(&body.state)?;
     let at = parse_time("at", &body.at)?;
-    let schedule = s.control.add_schedule(subject, state, at, &who.0)?;
+    let schedule = blocking(&s, move |c| c.add_schedule(subject, state, at, &who.0)).await?;
     Ok((StatusCode::CREATED, Json(schedule_json(&schedule))))
 }
 
@@ -284,7 +299,7 @@ pub async fn remove_schedule(
     Extension(who): Extension<Who>,
     Path(id): Path<u64>,
 ) -> Api {
-    let removed = s.control.remove_schedule(id, &who.0)?;
+    let removed = blocking(&s, move |c| c.remove_schedule(id, &who.0)).await?;
     Ok(Json(json!({ "removed": removed })))
 }
 
@@ -348,13 +363,8 @@ pub struct AuditQuery {
 
 pub async fn audit(State(s): St, Query(q): Query<AuditQuery>) -> Api {
     let limit = q.limit.unwrap_or(50).min(10_000);
-    let entries = s
-        .control
-        .ctx()
-        .router
-        .store()
-        .audit(limit)
-        .map_err(crate::control::ControlError::from)?;
+    // A fleet reads the audit log from PostgreSQL.
+    let entries = blocking(&s, move |c| Ok(c.ctx().router.store().audit(limit)?)).await?;
     let list: Vec<Value> = entries
         .iter()
         .map(|a| json!({ "seq": a.seq, "at": rfc3339(a.at), "who": a.who, "what": a.what, "old": a.old, "new": a.new }))

@@ -106,6 +106,8 @@ impl From<ControlError> for ApiError {
             ControlError::Invalid(_) | ControlError::BadRows(_) => StatusCode::BAD_REQUEST,
             // The request is fine; this ponte is not set up for it.
             ControlError::NoSpool => StatusCode::CONFLICT,
+            // A fleet's PostgreSQL is down: routing goes on, changes wait.
+            ControlError::Store(e) if e.is_unavailable() => StatusCode::SERVICE_UNAVAILABLE,
             ControlError::Store(_)
             | ControlError::Spool(_)
             | ControlError::Unaudited { .. }

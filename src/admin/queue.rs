@@ -44,6 +44,9 @@ pub struct Narrow {
     mailbox: Option<String>,
     #[serde(default)]
     limit: Option<usize>,
+    /// `fleet=1`: every node's figures, as each last published them.
+    #[serde(default)]
+    fleet: Option<String>,
 }
 
 impl Narrow {
@@ -74,6 +77,9 @@ fn figures(q: &QueueStats, now: i64) -> Value {
 /// and mailbox, those of the messages still to deliver there. `domain`
 /// or `mailbox` narrows the two lists (not the total).
 pub async fn stats(State(s): St, Query(q): Query<Narrow>) -> Api {
+    if q.fleet.as_deref().is_some_and(|f| f == "1" || f == "true") {
+        return fleet(&s.control).await;
+    }
     let filter = q.filter()?;
     let stats = s.control.queue_stats().await?;
     let now = now_unix();
@@ -262,4 +268,37 @@ pub async fn refresh_gauges(control: &Control) {
     // 0 for an empty queue: a gauge cannot be absent once set.
     let age = t.oldest_age(now_unix()).unwrap_or(0);
     metrics::gauge!("ponte_spool_oldest_age_seconds").set(age as f64);
+}
+
+/// `GET /api/queue?fleet=1`: each node's sessions and spool totals, as it
+/// last published them (every few seconds), with the heartbeat's age. A
+/// ponte on the embedded store answers `409`: it has no fleet.
+async fn fleet(control: &Arc<Control>) -> Api {
+    let c = control.clone();
+    let nodes = tokio::task::spawn_blocking(move || c.ctx().router.store().fleet())
+        .await
+        .map_err(|e| ControlError::Task(e.to_string()))?
+        .map_err(ControlError::from)?
+        .ok_or_else(|| {
+            ApiError::new(
+                axum::http::StatusCode::CONFLICT,
+                "no fleet: this ponte keeps its state in the embedded store ([state] url is not set)",
+            )
+        })?;
+    let now = now_unix();
+    let list: Vec<Value> = nodes
+        .iter()
+        .map(|n| {
+            json!({
+                "node": n.node,
+                "admin": n.admin,
+                "started": rfc3339(n.started),
+                "heartbeat": rfc3339(n.heartbeat),
+                "heartbeat_age_seconds": (now - n.heartbeat).max(0),
+                "sessions": n.sessions,
+                "queue": n.queue,
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "nodes": list })))
 }

@@ -4,6 +4,7 @@
 //! their clients reconnect to the new route. The admin API and the
 //! scheduler both come through here.
 
+pub mod fleet;
 pub mod queue;
 pub mod scheduler;
 
@@ -78,6 +79,19 @@ pub struct Control {
 }
 
 impl Control {
+    /// Runs `f` (state store writes, which wait on PostgreSQL in a fleet)
+    /// on the blocking pool, so that no thread serving sessions waits.
+    pub async fn blocking<T, F>(self: &Arc<Self>, f: F) -> Result<T, ControlError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Control) -> Result<T, ControlError> + Send + 'static,
+    {
+        let control = self.clone();
+        tokio::task::spawn_blocking(move || f(&control))
+            .await
+            .map_err(|e| ControlError::Task(e.to_string()))?
+    }
+
     pub fn new(current: Arc<ArcSwap<Ctx>>) -> Arc<Control> {
         Arc::new(Control {
             current,
@@ -186,8 +200,13 @@ impl Control {
             until,
         };
         self.ctx().router.store().apply(&change, who)?;
-        // Open tempmail sessions took their deadline at login: they are
-        // closed and take the new one when the client reconnects.
+        self.kick_tempmail(&a, until);
+        Ok(())
+    }
+
+    /// Open tempmail sessions took their deadline at login: they are
+    /// closed and take the new one when the client reconnects.
+    fn kick_tempmail(&self, a: &str, until: Option<i64>) -> usize {
         let reason = match until {
             Some(u) if u <= crate::route::now_unix() => {
                 "The read-only view of your old mailbox has closed."
@@ -198,8 +217,7 @@ impl Control {
         ctx.registry.kick_where(
             |e| e.address == a && e.view == crate::config::View::Tempmail,
             reason,
-        );
-        Ok(())
+        )
     }
 
     /// Drops a mailbox's override: it follows its domain again.
@@ -262,6 +280,54 @@ impl Control {
             .into_iter()
             .find(|s| s.id == id)
             .ok_or_else(|| ControlError::NotFound(format!("schedule {id} vanished")))
+    }
+
+    /// Carries out schedule `s` as `who`: its change and its removal in
+    /// one transaction, only if it is still pending. `None`: another node
+    /// of the fleet did it first.
+    pub fn run_schedule(&self, s: &Schedule, who: &str) -> Result<Option<Flip>, ControlError> {
+        let store = self.ctx().router.store().clone();
+        let (change, old, subject) = match &s.subject {
+            Subject::Domain(d) => {
+                let d = self.managed_domain(d)?;
+                let old = Some(self.domain_state(&d)?);
+                let change = Change::DomainState {
+                    domain: d.clone(),
+                    state: s.state,
+                };
+                (change, old, Subject::Domain(d))
+            }
+            Subject::Mailbox(a) => {
+                let a = self.managed_address(a)?;
+                let own = store.mailbox(&a)?;
+                let backend = own.as_ref().and_then(|m| m.backend.clone());
+                if let Some(b) = &backend {
+                    if !self.ctx().backends.contains_key(b) {
+                        return Err(ControlError::Invalid(format!("unknown backend {b:?}")));
+                    }
+                }
+                let change = Change::Mailboxes(vec![(a.clone(), s.state, backend)]);
+                (change, own.map(|m| m.state), Subject::Mailbox(a))
+            }
+        };
+        let claim = Change::ClaimSchedule {
+            id: s.id,
+            change: Box::new(change),
+        };
+        if !store.apply(&claim, who)?.claimed {
+            return Ok(None);
+        }
+        let (kind, kicked) = match &subject {
+            Subject::Domain(d) => ("domain", self.reroute(|e| e.domain == *d)),
+            Subject::Mailbox(a) => ("mailbox", self.reroute(|e| e.address == *a)),
+        };
+        info!(%subject, old = ?old, new = %s.state, %who, kicked, "state changed by a schedule");
+        metrics::counter!("ponte_state_flips_total", "kind" => kind).increment(1);
+        Ok(Some(Flip {
+            old,
+            new: s.state,
+            kicked,
+        }))
     }
 
     pub fn remove_schedule(&self, id: u64, who: &str) -> Result<bool, ControlError> {

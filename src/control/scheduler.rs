@@ -1,6 +1,8 @@
 //! Scheduled transitions: ponte carries them out itself at their time,
 //! also after a restart (a transition whose time passed while ponte was
-//! down is applied at start). Schedules live in the state store.
+//! down is applied at start). Schedules live in the state store. In a
+//! fleet every node's scheduler looks, and the store lets exactly one of
+//! them carry each schedule out (`Change::ClaimSchedule`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::{Control, ControlError};
-use crate::route::{now_unix, Schedule, Subject};
+use crate::route::{now_unix, Schedule};
 
 /// Longest sleep between looks at the store, so that clock changes and
 /// schedules written by another node are noticed.
@@ -18,7 +20,12 @@ const MAX_SLEEP: Duration = Duration::from_secs(30);
 /// Runs until `stop`.
 pub async fn run(control: Arc<Control>, stop: CancellationToken) {
     loop {
-        let next = match apply_due(&control) {
+        // Store writes wait on disk or on PostgreSQL: not on a worker thread.
+        let c = control.clone();
+        let due = tokio::task::spawn_blocking(move || apply_due(&c))
+            .await
+            .unwrap_or_else(|e| Err(ControlError::Task(e.to_string())));
+        let next = match due {
             Ok(next) => next,
             Err(e) => {
                 warn!(error = %e, "scheduler: will retry");
@@ -53,30 +60,22 @@ fn apply_due(control: &Control) -> Result<Option<i64>, ControlError> {
 
 fn apply_one(control: &Control, s: &Schedule) -> Result<(), ControlError> {
     let who = format!("schedule {} by {}", s.id, s.by);
-    let result = match &s.subject {
-        Subject::Domain(d) => control.set_domain(d, s.state, &who),
-        Subject::Mailbox(a) => {
-            let backend = control
-                .ctx()
-                .router
-                .store()
-                .mailbox(a)?
-                .and_then(|m| m.backend);
-            control.set_mailbox(a, s.state, backend, &who)
-        }
-    };
-    match result {
-        Ok(flip) => {
+    match control.run_schedule(s, &who) {
+        Ok(Some(flip)) => {
             info!(schedule = s.id, subject = %s.subject, state = %s.state, late_secs = now_unix() - s.at, kicked = flip.kicked, "scheduled transition applied")
+        }
+        // Another node of the fleet carried it out first.
+        Ok(None) => {
+            info!(schedule = s.id, subject = %s.subject, "scheduled transition carried out by another node")
         }
         // A domain removed from the configuration since, or a backend the
         // mailbox named is gone: it can never apply, so it is dropped
         // (the removal is audited).
         Err(ControlError::NotFound(reason) | ControlError::Invalid(reason)) => {
-            warn!(schedule = s.id, %reason, "scheduled transition dropped")
+            warn!(schedule = s.id, %reason, "scheduled transition dropped");
+            control.remove_schedule(s.id, &who)?;
         }
         Err(e) => return Err(e),
     }
-    control.remove_schedule(s.id, &who)?;
     Ok(())
 }

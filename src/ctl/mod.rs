@@ -8,6 +8,7 @@
 
 mod client;
 mod json;
+mod migrate;
 mod plan;
 mod queue;
 mod render;
@@ -21,6 +22,7 @@ use std::process::ExitCode;
 
 use clap::{ArgGroup, Subcommand};
 
+pub use migrate::MigrateArgs;
 pub use plan::{Body, Call, Method, View};
 pub use queue::{QueueArgs, QueueCommand, QueueView};
 pub use table::Table;
@@ -80,6 +82,9 @@ pub enum CtlCommand {
         #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
         limit: u32,
     },
+    /// Copy the whole state between the embedded store and PostgreSQL
+    /// (either way), working on the stores directly, not over the API.
+    MigrateStore(MigrateArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -205,6 +210,9 @@ pub fn run(args: Args) -> ExitCode {
 }
 
 fn execute(args: &Args) -> Result<(), Failure> {
+    if let CtlCommand::MigrateStore(m) = &args.command {
+        return migrate::run(m);
+    }
     let call = plan::plan(&args.command)?;
     let target = target::resolve(args)?;
     let reply = client::send(&target, &call)?;

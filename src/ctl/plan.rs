@@ -98,6 +98,9 @@ pub fn plan(command: &CtlCommand) -> Result<Call, Failure> {
         CtlCommand::Audit { limit } => {
             Ok(Call::get(format!("/api/audit?limit={limit}"), View::Audit))
         }
+        CtlCommand::MigrateStore(_) => Err(Failure::Usage(
+            "migrate-store works on the stores directly, not over the API".into(),
+        )),
     }
 }
 

@@ -17,6 +17,10 @@ pub struct QueueArgs {
     /// Also count per mailbox.
     #[arg(long)]
     pub mailboxes: bool,
+    /// Every node of the fleet: sessions and spool totals, as each node
+    /// last published them.
+    #[arg(long, conflicts_with = "mailboxes")]
+    pub fleet: bool,
     #[command(subcommand)]
     pub action: Option<QueueCommand>,
 }
@@ -52,6 +56,7 @@ pub enum QueueCommand {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum QueueView {
     Counts { mailboxes: bool },
+    Fleet,
     List,
     Show,
     Retry,
@@ -65,6 +70,12 @@ pub enum QueueView {
 pub fn plan(args: &QueueArgs) -> Result<Call, Failure> {
     let view = |v| plan::View::Queue(v);
     let Some(action) = &args.action else {
+        if args.fleet {
+            return Ok(Call::get(
+                "/api/queue?fleet=1".into(),
+                view(QueueView::Fleet),
+            ));
+        }
         let counts = QueueView::Counts {
             mailboxes: args.mailboxes,
         };
@@ -116,6 +127,7 @@ fn id_path(id: &str) -> Result<String, Failure> {
 pub fn render(view: QueueView, body: &str) -> Result<String, Failure> {
     match view {
         QueueView::Counts { mailboxes } => parse(body).map(|c: Counts| counts(&c, mailboxes)),
+        QueueView::Fleet => parse(body).map(|f: Fleet| fleet(&f)),
         QueueView::List => parse(body).map(|l: List| list_table(&l)),
         QueueView::Show => parse(body).map(|m: Message| show(&m)),
         QueueView::Retry => parse(body).map(|r: Retried| {
@@ -191,6 +203,63 @@ fn counts(c: &Counts, per_mailbox: bool) -> String {
     }
     out.push('\n');
     out
+}
+
+#[derive(Deserialize)]
+struct Fleet {
+    nodes: Vec<Node>,
+}
+
+#[derive(Deserialize)]
+struct Node {
+    node: String,
+    #[serde(default)]
+    admin: Option<String>,
+    heartbeat_age_seconds: i64,
+    #[serde(default)]
+    sessions: serde_json::Value,
+    #[serde(default)]
+    queue: Option<Figures>,
+}
+
+/// One row per node: its sessions and spool, and how old the figures are.
+fn fleet(f: &Fleet) -> String {
+    let mut t = Table::new(&[
+        "NODE",
+        "ADMIN",
+        "HEARTBEAT",
+        "SESSIONS",
+        "MESSAGES",
+        "BYTES",
+        "HELD",
+        "OLDEST",
+    ]);
+    let (mut sessions, mut messages) = (0, 0);
+    for n in &f.nodes {
+        let s = n.sessions["total"].as_u64().unwrap_or(0);
+        sessions += s;
+        let q = n.queue.as_ref();
+        messages += q.map_or(0, |q| q.messages);
+        t.row(vec![
+            n.node.clone(),
+            or_dash(&n.admin),
+            format!("{} ago", duration(n.heartbeat_age_seconds)),
+            s.to_string(),
+            q.map_or("-".into(), |q| q.messages.to_string()),
+            q.map_or("-".into(), |q| bytes(q.bytes)),
+            q.map_or("-".into(), |q| q.held.to_string()),
+            q.and_then(|q| q.oldest_age_seconds)
+                .map_or("-".into(), duration),
+        ]);
+    }
+    let n = f.nodes.len();
+    format!(
+        "{}\nfleet: {n} node{}, {sessions} session{}, {messages} spooled message{}\n",
+        t.render(),
+        if n == 1 { "" } else { "s" },
+        if sessions == 1 { "" } else { "s" },
+        if messages == 1 { "" } else { "s" },
+    )
 }
 
 #[derive(Deserialize)]
@@ -415,6 +484,7 @@ mod tests {
     fn args(action: Option<QueueCommand>) -> QueueArgs {
         QueueArgs {
             mailboxes: false,
+            fleet: false,
             action,
         }
     }

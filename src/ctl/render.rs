@@ -80,6 +80,41 @@ struct Status {
     sessions: u64,
     schedules: u64,
     domains: Vec<DomainStatus>,
+    #[serde(default)]
+    store: Option<StoreLine>,
+}
+
+/// The state store as `/api/status` shows it (shown for a fleet only).
+#[derive(Deserialize)]
+struct StoreLine {
+    kind: String,
+    #[serde(default)]
+    node: Option<String>,
+    up: bool,
+    #[serde(default)]
+    last_sync: Option<i64>,
+    #[serde(default)]
+    error: Option<String>,
+}
+
+impl StoreLine {
+    fn render(&self) -> Option<String> {
+        if self.kind != "postgresql" {
+            return None;
+        }
+        let node = self.node.as_deref().unwrap_or("?");
+        let sync = self
+            .last_sync
+            .map_or("never".to_string(), crate::route::rfc3339);
+        Some(if self.up {
+            format!("state store: PostgreSQL (fleet), node {node}, up, last sync {sync}\n")
+        } else {
+            format!(
+                "state store: PostgreSQL (fleet), node {node}, UNREACHABLE ({}): routing from the state loaded at {sync}, changes refused\n",
+                self.error.as_deref().unwrap_or("no connection")
+            )
+        })
+    }
 }
 
 #[derive(Deserialize)]
@@ -116,12 +151,14 @@ fn status(s: &Status) -> String {
         ]);
     }
     let version = s.version.as_deref().map(|v| format!(", ponte {v}"));
+    let store = s.store.as_ref().and_then(StoreLine::render);
     format!(
-        "{}\nsessions {}, schedules {}{}\n",
+        "{}\nsessions {}, schedules {}{}\n{}",
         t.render(),
         s.sessions,
         s.schedules,
-        version.unwrap_or_default()
+        version.unwrap_or_default(),
+        store.unwrap_or_default()
     )
 }
 
@@ -421,6 +458,21 @@ mod tests {
              \n\
              sessions 2, schedules 1, ponte 0.1.0\n"
         );
+    }
+
+    #[test]
+    fn status_names_a_fleet_store_and_its_health() {
+        let up = r#"{"sessions":0,"schedules":0,"domains":[],
+            "store":{"kind":"postgresql","node":"mx1","up":true,"last_sync":1800000000}}"#;
+        assert!(text(View::Status, up).ends_with(
+            "state store: PostgreSQL (fleet), node mx1, up, last sync 2027-01-15T08:00:00Z\n"
+        ));
+        let down = r#"{"sessions":0,"schedules":0,"domains":[],
+            "store":{"kind":"postgresql","node":"mx1","up":false,"last_sync":1800000000,"error":"connection refused"}}"#;
+        assert!(text(View::Status, down).contains("UNREACHABLE (connection refused)"));
+        let embedded =
+            r#"{"sessions":0,"schedules":0,"domains":[],"store":{"kind":"embedded","up":true}}"#;
+        assert!(text(View::Status, embedded).ends_with("schedules 0\n"));
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! and how. Fails closed: a store error is a temporary failure, never a
 //! fall-back to some default backend (wrong for a migration).
 
+pub mod fleet;
+pub mod pg;
 mod seed;
 mod state;
 pub mod store;
@@ -9,11 +11,13 @@ pub mod store;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+pub use fleet::{Event, Hook, NodeReport, StoreStatus};
+pub use pg::PgStore;
 pub use seed::{import_seed, parse_mailbox_csv, Row, SeedError};
 pub use state::MailboxState;
 pub use store::{
-    rfc3339, AuditEntry, Change, DomainRecord, MailboxRecord, RedbStore, Schedule, StateStore,
-    Subject,
+    rfc3339, AuditEntry, Change, DomainRecord, Dump, MailboxRecord, RedbStore, Schedule,
+    StateStore, Subject,
 };
 
 use crate::config::{DomainConfig, View};

@@ -123,6 +123,13 @@ pub enum Change {
         from: String,
         recipients: Vec<String>,
     },
+    /// The scheduler carries out schedule `id`: the schedule is removed
+    /// and `change` applied in one transaction, only if the schedule was
+    /// still there (in a fleet, exactly one node gets to do it).
+    ClaimSchedule {
+        id: u64,
+        change: Box<Change>,
+    },
 }
 
 /// What `apply` did: the audit entries written (empty if nothing changed)
@@ -131,6 +138,29 @@ pub enum Change {
 pub struct Applied {
     pub audit: Vec<AuditEntry>,
     pub schedule_id: Option<u64>,
+    /// For `ClaimSchedule`: the schedule was there and this call did it.
+    pub claimed: bool,
+}
+
+/// Everything a store holds, for `ponte ctl migrate-store`.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Dump {
+    pub domains: Vec<(String, DomainRecord)>,
+    pub mailboxes: Vec<(String, MailboxRecord)>,
+    pub tempmail: Vec<(String, i64)>,
+    pub schedules: Vec<Schedule>,
+    /// In `seq` order.
+    pub audit: Vec<AuditEntry>,
+}
+
+impl Dump {
+    pub fn is_empty(&self) -> bool {
+        self.domains.is_empty()
+            && self.mailboxes.is_empty()
+            && self.tempmail.is_empty()
+            && self.schedules.is_empty()
+            && self.audit.is_empty()
+    }
 }
 
 /// Where routing state lives. Addresses and domains are lower case.
@@ -148,6 +178,25 @@ pub trait StateStore: Send + Sync {
     fn audit(&self, limit: usize) -> Result<Vec<AuditEntry>, StoreError>;
     /// Applies `change` as `who`, with its audit entries, all or nothing.
     fn apply(&self, change: &Change, who: &str) -> Result<Applied, StoreError>;
+    /// Everything the store holds.
+    fn dump(&self) -> Result<Dump, StoreError>;
+    /// Replaces everything the store holds with `dump`, in one transaction.
+    fn restore(&self, dump: &Dump) -> Result<(), StoreError>;
+
+    /// Calls `hook` when another node changed the shared state (a fleet
+    /// store); the embedded store has no other writers.
+    fn watch(&self, _hook: super::fleet::Hook) {}
+    /// Which store this is and whether it can be reached.
+    fn status(&self) -> super::fleet::StoreStatus {
+        super::fleet::StoreStatus::embedded()
+    }
+    /// Publishes this node's figures for the fleet view (fleet stores
+    /// only; never waits on the network).
+    fn publish_node(&self, _report: super::fleet::NodeReport) {}
+    /// Every node's last published figures; `None` outside a fleet.
+    fn fleet(&self) -> Result<Option<Vec<super::fleet::NodeReport>>, StoreError> {
+        Ok(None)
+    }
 }
 
 const DOMAINS: TableDefinition<&str, &[u8]> = TableDefinition::new("domains");
@@ -172,10 +221,10 @@ fn from_json<T: for<'de> Deserialize<'de>>(b: &[u8]) -> Result<T, StoreError> {
 impl RedbStore {
     pub fn open(dir: &Path) -> Result<Arc<RedbStore>, StoreError> {
         std::fs::create_dir_all(dir)
-            .map_err(|e| StoreError(format!("create {}: {e}", dir.display())))?;
+            .map_err(|e| StoreError::new(format!("create {}: {e}", dir.display())))?;
         let file = dir.join("state.redb");
         let db = Database::create(&file)
-            .map_err(|e| StoreError(format!("open {}: {e}", file.display())))?;
+            .map_err(|e| StoreError::new(format!("open {}: {e}", file.display())))?;
         // Create the tables once so that read transactions always find them.
         let txn = db.begin_write().map_err(StoreError::new)?;
         txn.open_table(DOMAINS).map_err(StoreError::new)?;
@@ -208,6 +257,37 @@ struct Writer<'t> {
 }
 
 impl Writer<'_> {
+    fn write(&mut self, change: &Change) -> Result<(), StoreError> {
+        match change {
+            Change::DomainState { domain, state } => self.domain_state(domain, *state),
+            Change::Mailboxes(rows) => self.mailboxes(rows),
+            Change::RemoveMailbox { address } => self.remove_mailbox(address),
+            Change::MailboxTempmail { address, until } => self.mailbox_tempmail(address, *until),
+            Change::AddSchedule { subject, state, at } => self.add_schedule(subject, *state, *at),
+            Change::RemoveSchedule { id } => self.remove_schedule(*id),
+            Change::ClaimSchedule { id, change } => {
+                let present = {
+                    let t = self.txn.open_table(SCHEDULES).map_err(StoreError::new)?;
+                    let v = t.get(*id).map_err(StoreError::new)?;
+                    v.is_some()
+                };
+                if present {
+                    self.applied.claimed = true;
+                    self.write(change)?;
+                    self.remove_schedule(*id)?;
+                }
+                Ok(())
+            }
+            Change::QueueHold { .. }
+            | Change::QueueRelease { .. }
+            | Change::QueueRetry { .. }
+            | Change::QueueDelete { .. } => match queue_audit(change) {
+                Some((what, old, new)) => self.audit(what, old, new),
+                None => Ok(()),
+            },
+        }
+    }
+
     /// Queues an audit entry; `write_audit` stores them all at the end of
     /// the change (one table open for a whole import).
     fn audit(
@@ -398,7 +478,7 @@ const AUDIT_RECIPIENTS: usize = 10;
 
 /// The audit entry of an admin action on a spooled message:
 /// `(what, old, new)`.
-fn queue_audit(change: &Change) -> Option<(String, Option<String>, Option<String>)> {
+pub(crate) fn queue_audit(change: &Change) -> Option<(String, Option<String>, Option<String>)> {
     let what = |id: &str| format!("queue message {id}");
     let some = |s: &str| Some(s.to_string());
     Some(match change {
@@ -448,7 +528,7 @@ pub fn rfc3339(unix: i64) -> String {
 }
 
 /// `migrated` or `migrated via backend2`, for the audit log.
-fn describe(rec: &MailboxRecord) -> String {
+pub(crate) fn describe(rec: &MailboxRecord) -> String {
     match &rec.backend {
         Some(b) => format!("{} via {b}", rec.state),
         None => rec.state.to_string(),
@@ -531,26 +611,65 @@ impl StateStore for RedbStore {
             now: super::now_unix(),
             applied: Applied::default(),
         };
-        match change {
-            Change::DomainState { domain, state } => w.domain_state(domain, *state)?,
-            Change::Mailboxes(rows) => w.mailboxes(rows)?,
-            Change::RemoveMailbox { address } => w.remove_mailbox(address)?,
-            Change::MailboxTempmail { address, until } => w.mailbox_tempmail(address, *until)?,
-            Change::AddSchedule { subject, state, at } => w.add_schedule(subject, *state, *at)?,
-            Change::RemoveSchedule { id } => w.remove_schedule(*id)?,
-            Change::QueueHold { .. }
-            | Change::QueueRelease { .. }
-            | Change::QueueRetry { .. }
-            | Change::QueueDelete { .. } => {
-                if let Some((what, old, new)) = queue_audit(change) {
-                    w.audit(what, old, new)?;
-                }
-            }
-        }
+        w.write(change)?;
         w.write_audit()?;
         let applied = w.applied;
         txn.commit().map_err(StoreError::new)?;
         Ok(applied)
+    }
+
+    fn dump(&self) -> Result<Dump, StoreError> {
+        let txn = self.db.begin_read().map_err(StoreError::new)?;
+        let t = txn.open_table(TEMPMAIL).map_err(StoreError::new)?;
+        let mut tempmail = Vec::new();
+        for row in t.iter().map_err(StoreError::new)? {
+            let (k, v) = row.map_err(StoreError::new)?;
+            tempmail.push((k.value().to_string(), v.value()));
+        }
+        Ok(Dump {
+            domains: self.domains()?,
+            mailboxes: self.mailboxes(None)?,
+            tempmail,
+            schedules: self.schedules()?,
+            audit: self.audit(usize::MAX)?,
+        })
+    }
+
+    fn restore(&self, dump: &Dump) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(StoreError::new)?;
+        {
+            txn.delete_table(DOMAINS).map_err(StoreError::new)?;
+            txn.delete_table(MAILBOXES).map_err(StoreError::new)?;
+            txn.delete_table(TEMPMAIL).map_err(StoreError::new)?;
+            txn.delete_table(SCHEDULES).map_err(StoreError::new)?;
+            txn.delete_table(AUDIT).map_err(StoreError::new)?;
+            let mut t = txn.open_table(DOMAINS).map_err(StoreError::new)?;
+            for (name, rec) in &dump.domains {
+                t.insert(name.as_str(), json(rec)?.as_slice())
+                    .map_err(StoreError::new)?;
+            }
+            let mut t = txn.open_table(MAILBOXES).map_err(StoreError::new)?;
+            for (address, rec) in &dump.mailboxes {
+                t.insert(address.as_str(), json(rec)?.as_slice())
+                    .map_err(StoreError::new)?;
+            }
+            let mut t = txn.open_table(TEMPMAIL).map_err(StoreError::new)?;
+            for (address, until) in &dump.tempmail {
+                t.insert(address.as_str(), *until)
+                    .map_err(StoreError::new)?;
+            }
+            let mut t = txn.open_table(SCHEDULES).map_err(StoreError::new)?;
+            for s in &dump.schedules {
+                t.insert(s.id, json(s)?.as_slice())
+                    .map_err(StoreError::new)?;
+            }
+            let mut t = txn.open_table(AUDIT).map_err(StoreError::new)?;
+            for a in &dump.audit {
+                t.insert(a.seq, json(a)?.as_slice())
+                    .map_err(StoreError::new)?;
+            }
+        }
+        txn.commit().map_err(StoreError::new)
     }
 }
 
@@ -619,6 +738,38 @@ mod tests {
         .unwrap();
         assert!(s.mailbox("a@x.example").unwrap().is_none());
         assert_eq!(s.audit(1).unwrap()[0].new, None);
+    }
+
+    #[test]
+    fn a_schedule_is_claimed_once_with_its_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = RedbStore::open(dir.path()).unwrap();
+        let add = Change::AddSchedule {
+            subject: Subject::Domain("x.example".into()),
+            state: MailboxState::Migrated,
+            at: 1_800_000_000,
+        };
+        let id = s.apply(&add, "ops").unwrap().schedule_id.unwrap();
+        let claim = Change::ClaimSchedule {
+            id,
+            change: Box::new(Change::DomainState {
+                domain: "x.example".into(),
+                state: MailboxState::Migrated,
+            }),
+        };
+        let who = format!("schedule {id} by ops");
+        let first = s.apply(&claim, &who).unwrap();
+        assert!(first.claimed);
+        let what: Vec<&str> = first.audit.iter().map(|a| a.what.as_str()).collect();
+        assert_eq!(what, ["domain x.example", "schedule 1: domain x.example"]);
+        assert!(s.schedules().unwrap().is_empty());
+        // A second claim (another node, late) changes nothing.
+        let second = s.apply(&claim, &who).unwrap();
+        assert!(!second.claimed && second.audit.is_empty());
+        assert_eq!(
+            s.domain("x.example").unwrap().unwrap().state,
+            MailboxState::Migrated
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod dnsmasq;
 pub mod dovecot;
 pub mod net;
 pub mod ponte;
+pub mod postgres;
 pub mod process;
 pub mod smtp_sink;
 pub mod webdriver;

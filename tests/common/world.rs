@@ -305,6 +305,24 @@ state = "migrated"
         c
     }
 
+    /// The configuration of one node of a fleet sharing this world's
+    /// backends: the state in PostgreSQL at `url`, its own spool and
+    /// embedded-store directory (unused), named `node`.
+    pub fn fleet_config(&self, url: &str, node: &str) -> String {
+        let d = self.dir.path().display();
+        self.config()
+            .replacen(
+                &format!("path = \"{d}/state\""),
+                &format!("path = \"{d}/state-{node}\"\nurl = \"{url}\"\nnode = \"{node}\""),
+                1,
+            )
+            .replacen(
+                &format!("path = \"{d}/spool\""),
+                &format!("path = \"{d}/spool-{node}\""),
+                1,
+            )
+    }
+
     /// The configuration with fixed free ports instead of port 0, written
     /// to `ponte.toml` in the world's directory, for a `ponte` process.
     /// Returns the file and the listeners' addresses.

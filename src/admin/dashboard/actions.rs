@@ -405,7 +405,10 @@ impl Action {
         let control = &s.control;
         match self {
             Action::Domain { domain, state } => {
-                let f = control.set_domain(&domain, state, who)?;
+                let (d, w) = (domain.clone(), who.to_string());
+                let f = control
+                    .blocking(move |c| c.set_domain(&d, state, &w))
+                    .await?;
                 Ok(format!(
                     "Domain {domain}: {} → {}; {} session(s) closed.",
                     f.old.map_or("—".into(), |o| o.to_string()),
@@ -418,7 +421,10 @@ impl Action {
                 state,
                 backend,
             } => {
-                let f = control.set_mailbox(&address, state, backend, who)?;
+                let (a, w) = (address.clone(), who.to_string());
+                let f = control
+                    .blocking(move |c| c.set_mailbox(&a, state, backend, &w))
+                    .await?;
                 Ok(format!(
                     "Mailbox {address}: {} → {}; {} session(s) closed.",
                     f.old.map_or("domain's state".into(), |o| o.to_string()),
@@ -427,7 +433,10 @@ impl Action {
                 ))
             }
             Action::Schedule { subject, state, at } => {
-                let sch = control.add_schedule(subject, state, at, who)?;
+                let w = who.to_string();
+                let sch = control
+                    .blocking(move |c| c.add_schedule(subject, state, at, &w))
+                    .await?;
                 Ok(format!(
                     "Schedule {} added: {} to {} at {}.",
                     sch.id,
@@ -436,11 +445,15 @@ impl Action {
                     crate::route::rfc3339(sch.at)
                 ))
             }
-            Action::Unschedule { id } => Ok(if control.remove_schedule(id, who)? {
-                format!("Schedule {id} cancelled.")
-            } else {
-                format!("Schedule {id} was already gone.")
-            }),
+            Action::Unschedule { id } => {
+                let w = who.to_string();
+                let removed = control.blocking(move |c| c.remove_schedule(id, &w)).await?;
+                Ok(if removed {
+                    format!("Schedule {id} cancelled.")
+                } else {
+                    format!("Schedule {id} was already gone.")
+                })
+            }
             Action::Kick(sel) => {
                 let n = control.kick(&sel, "Closed by the administrator; please reconnect.");
                 tracing::info!(selector = ?sel, %who, kicked = n, "sessions closed from the dashboard");

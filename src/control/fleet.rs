@@ -1,0 +1,86 @@
+//! Fleet mode in the control plane: what a node does when another node
+//! changed the shared state (re-route its own open sessions, wake its
+//! delivery worker and scheduler), and the figures it publishes for the
+//! fleet-wide view (`ponte ctl queue --fleet`).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use super::Control;
+use crate::route::{now_unix, Event, NodeReport};
+
+/// How often a node publishes its figures.
+pub const HEARTBEAT: Duration = Duration::from_secs(5);
+
+impl Control {
+    /// Applies another node's change to this node's sessions: those whose
+    /// route it changed are closed (the same BYE a local flip gives), and
+    /// the delivery worker looks at the spool again.
+    pub fn on_store_event(&self, event: &Event) {
+        let kicked = match event {
+            Event::Domain(d) => self.reroute(|e| e.domain == *d),
+            Event::Mailbox(a) => self.reroute(|e| e.address == *a),
+            Event::Tempmail(a) => {
+                let until = self.ctx().router.store().tempmail_until(a).ok().flatten();
+                self.kick_tempmail(a, until)
+            }
+            Event::Schedules => {
+                self.wake.notify_one();
+                0
+            }
+            Event::All => {
+                self.wake.notify_one();
+                self.reroute_all()
+            }
+        };
+        info!(?event, kicked, "state changed on another node");
+    }
+}
+
+/// Publishes this node's figures every [`HEARTBEAT`] until `stop`.
+/// `admin` is the admin API's bound address, shown in the fleet view.
+pub async fn heartbeat(control: Arc<Control>, admin: Option<SocketAddr>, stop: CancellationToken) {
+    let started = now_unix();
+    loop {
+        let report = report(&control, admin, started).await;
+        control.ctx().router.store().publish_node(report);
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(HEARTBEAT) => {}
+        }
+    }
+}
+
+/// Sessions per route and the spool's totals, now.
+async fn report(control: &Control, admin: Option<SocketAddr>, started: i64) -> NodeReport {
+    let ctx = control.ctx();
+    let sessions = ctx.registry.list();
+    let mut by_route: BTreeMap<String, usize> = BTreeMap::new();
+    for e in &sessions {
+        *by_route.entry(e.route.clone()).or_default() += 1;
+    }
+    let now = now_unix();
+    let queue = match control.queue_stats().await {
+        Ok(s) => json!({
+            "messages": s.total.messages,
+            "bytes": s.total.bytes,
+            "held": s.total.held,
+            "oldest_age_seconds": s.total.oldest_age(now),
+        }),
+        Err(_) => Value::Null,
+    };
+    NodeReport {
+        node: ctx.config.state.node(),
+        admin: admin.map(|a| a.to_string()),
+        started,
+        heartbeat: now,
+        sessions: json!({ "total": sessions.len(), "by_route": by_route }),
+        queue,
+    }
+}

@@ -1,0 +1,119 @@
+//! The LISTEN connection: one per node, kept open on the store's runtime.
+//! Each notification from another node reloads what it names into the
+//! snapshot and then calls the hook (the control plane re-routes the open
+//! sessions and wakes the delivery worker). When the connection drops,
+//! the node goes on routing from its snapshot; it reconnects with
+//! backoff, reloads everything (changes made meanwhile are caught up) and
+//! calls the hook with `All`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_postgres::{AsyncMessage, NoTls};
+use tracing::{info, warn};
+
+use super::{error_text, Inner};
+use crate::route::fleet::{Event, Payload, CHANNEL};
+
+const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// Runs until the store is dropped.
+pub(super) async fn run(inner: Arc<Inner>) {
+    let mut backoff = FIRST_BACKOFF;
+    let mut reconnect = false;
+    loop {
+        let stop = inner.stop.clone();
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            done = session(&inner, reconnect) => {
+                let reason = match done {
+                    Ok(()) => "connection closed".to_string(),
+                    Err(e) => e,
+                };
+                if inner.up.load(std::sync::atomic::Ordering::Relaxed) {
+                    warn!(%reason, "state store: PostgreSQL lost; routing from the state loaded last, changes refused until it is back");
+                    backoff = FIRST_BACKOFF;
+                }
+                inner.set_up(false, Some(reason));
+            }
+        }
+        reconnect = true;
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// One LISTEN connection, from connect to loss.
+async fn session(inner: &Inner, reconnect: bool) -> Result<(), String> {
+    let (client, mut conn) = inner.pg.connect(NoTls).await.map_err(|e| error_text(&e))?;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    // The connection is driven here; notifications go to the channel,
+    // which closes when the connection ends.
+    let driver = tokio::spawn(async move {
+        loop {
+            match std::future::poll_fn(|cx| conn.poll_message(cx)).await {
+                Some(Ok(AsyncMessage::Notification(n))) => {
+                    if tx.send(n.payload().to_string()).is_err() {
+                        return None;
+                    }
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Some(error_text(&e)),
+                None => return None,
+            }
+        }
+    });
+    let started = async {
+        client
+            .batch_execute(&format!("LISTEN {CHANNEL}"))
+            .await
+            .map_err(|e| error_text(&e))?;
+        // Listening now: whatever changed before is in this load.
+        inner
+            .refresh_with(&client, &Event::All)
+            .await
+            .map_err(|e| e.to_string())
+    };
+    if let Err(e) = started.await {
+        driver.abort();
+        return Err(e);
+    }
+    inner.set_up(true, None);
+    if reconnect {
+        info!("state store: PostgreSQL back; state reloaded");
+        inner.fire(&Event::All);
+    }
+    while let Some(payload) = rx.recv().await {
+        metrics::counter!("ponte_state_store_notifications_total").increment(1);
+        handle(inner, &client, &payload).await;
+    }
+    drop(client);
+    match driver.await {
+        Ok(Some(e)) => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Reloads what a notification names, on the LISTEN connection itself
+/// (known to be up: no pool connection to set up on the way).
+async fn handle(inner: &Inner, client: &tokio_postgres::Client, payload: &str) {
+    let Some(p) = Payload::decode(payload) else {
+        warn!(payload, "state store: unknown notification ignored");
+        return;
+    };
+    if let Err(e) = inner.refresh_with(client, &p.event).await {
+        warn!(error = %e, event = ?p.event, "state store: reload after a notification failed; full reload");
+        if inner.reload_all().await.is_err() {
+            return;
+        }
+    }
+    // Our own change: the control plane already re-routed.
+    if p.instance != inner.instance {
+        inner.fire(&p.event);
+    }
+}

@@ -1,0 +1,376 @@
+//! The fleet state store: PostgreSQL shared by several ponte nodes.
+//!
+//! Logins never wait on the network: every node keeps the routing state
+//! (domains, mailbox overrides, tempmail deadlines, schedules) in memory,
+//! loaded at start and kept current by LISTEN/NOTIFY (`listen`). Writes
+//! run one transaction each, with their audit rows and a `NOTIFY` that is
+//! delivered to every node on commit (`write`).
+//!
+//! The [`StateStore`] trait is synchronous. The store owns a small tokio
+//! runtime of its own (one thread, `ponte-pg`) that drives the pool's
+//! connections and the LISTEN connection; a synchronous call spawns its
+//! future there and waits for the answer on a channel, with a bound. The
+//! caller's runtime is never entered with `block_on`, and nothing on the
+//! store's runtime ever waits for the caller's, so there is no deadlock;
+//! a caller on a worker thread is held for one loopback transaction, as
+//! the embedded store holds it for an fsync.
+
+mod listen;
+mod schema;
+mod write;
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio_postgres::config::SslMode;
+use tokio_postgres::NoTls;
+use tokio_util::sync::CancellationToken;
+
+use super::fleet::{Event, Hook, NodeReport, StoreStatus};
+use super::store::{Applied, AuditEntry, Change, DomainRecord, Dump, MailboxRecord, Schedule};
+use super::{rfc3339, StateStore};
+use crate::error::StoreError;
+
+/// Longest wait for one call to the store's runtime.
+const CALL_TIMEOUT: Duration = Duration::from_secs(15);
+/// Connecting to PostgreSQL, and waiting for a pooled connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Pooled connections per node: writes are rare, reads come from memory.
+const POOL_SIZE: usize = 4;
+
+/// The routing state in memory.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Snapshot {
+    domains: BTreeMap<String, DomainRecord>,
+    mailboxes: BTreeMap<String, MailboxRecord>,
+    tempmail: HashMap<String, i64>,
+    schedules: BTreeMap<u64, Schedule>,
+}
+
+/// What the store's runtime and its callers share.
+pub(crate) struct Inner {
+    pool: Pool,
+    pg: tokio_postgres::Config,
+    node: String,
+    /// This store's own changes, in notifications: process id and start.
+    instance: String,
+    snap: RwLock<Snapshot>,
+    /// The LISTEN connection is up: changes from other nodes arrive.
+    up: AtomicBool,
+    /// Unix seconds of the last full load or refresh.
+    synced: AtomicI64,
+    last_error: Mutex<Option<String>>,
+    hook: RwLock<Option<Hook>>,
+    stop: CancellationToken,
+}
+
+/// PostgreSQL as the state store of a fleet.
+pub struct PgStore {
+    inner: Arc<Inner>,
+    handle: tokio::runtime::Handle,
+    /// Shut down in the background on drop (dropping a runtime may
+    /// happen inside another runtime).
+    rt: Mutex<Option<tokio::runtime::Runtime>>,
+}
+
+impl PgStore {
+    /// Connects, applies the schema migrations, loads the routing state
+    /// and starts listening for other nodes' changes. `node` names this
+    /// node in the fleet. Fails if PostgreSQL cannot be reached: a node
+    /// with no state loaded cannot route.
+    pub fn open(url: &str, node: &str) -> Result<Arc<PgStore>, StoreError> {
+        let pg = parse_url(url, node)?;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("ponte-pg")
+            .enable_all()
+            .build()
+            .map_err(|e| StoreError::new(format!("runtime: {e}")))?;
+        let manager = Manager::from_config(
+            pg.clone(),
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .wait_timeout(Some(CONNECT_TIMEOUT))
+            .create_timeout(Some(CONNECT_TIMEOUT))
+            .recycle_timeout(Some(CONNECT_TIMEOUT))
+            .build()
+            .map_err(StoreError::new)?;
+        let inner = Arc::new(Inner {
+            pool,
+            pg,
+            node: node.to_string(),
+            instance: instance_id(),
+            snap: RwLock::new(Snapshot::default()),
+            up: AtomicBool::new(false),
+            synced: AtomicI64::new(0),
+            last_error: Mutex::new(None),
+            hook: RwLock::new(None),
+            stop: CancellationToken::new(),
+        });
+        let store = PgStore {
+            inner: inner.clone(),
+            handle: rt.handle().clone(),
+            rt: Mutex::new(Some(rt)),
+        };
+        let i = inner.clone();
+        store
+            .call(async move {
+                schema::migrate(&i).await?;
+                i.reload_all().await
+            })
+            .map_err(|e| StoreError::new(format!("PostgreSQL at start: {e}")))?;
+        store.handle.spawn(listen::run(inner));
+        Ok(Arc::new(store))
+    }
+
+    /// Runs `fut` on the store's runtime and waits for its answer.
+    fn call<T, F>(&self, fut: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: Future<Output = Result<T, StoreError>> + Send + 'static,
+    {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.handle.spawn(async move {
+            let _ = tx.send(fut.await);
+        });
+        match rx.recv_timeout(CALL_TIMEOUT) {
+            Ok(result) => result,
+            Err(_) => Err(self.inner.unavailable("no answer in time")),
+        }
+    }
+
+    fn read<T>(&self, f: impl FnOnce(&Snapshot) -> T) -> Result<T, StoreError> {
+        let snap = self
+            .inner
+            .snap
+            .read()
+            .map_err(|_| StoreError::new("snapshot lock poisoned"))?;
+        Ok(f(&snap))
+    }
+}
+
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        self.inner.stop.cancel();
+        if let Some(rt) = self.rt.lock().ok().and_then(|mut r| r.take()) {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// Unique per store opened: process id and the time of opening.
+fn instance_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{}-{nanos:x}", std::process::id())
+}
+
+/// Parses `postgres://…` (or `key=value` pairs); only plain TCP and unix
+/// sockets for now: `sslmode=require` is refused rather than ignored.
+pub fn parse_url(url: &str, node: &str) -> Result<tokio_postgres::Config, StoreError> {
+    let mut pg: tokio_postgres::Config = url
+        .parse()
+        .map_err(|e: tokio_postgres::Error| StoreError::new(e))?;
+    if pg.get_ssl_mode() == SslMode::Require {
+        return Err(StoreError::new(
+            "sslmode=require, but ponte speaks to PostgreSQL without TLS for now \
+             (use a unix socket, loopback or a private network, with sslmode=disable or prefer)",
+        ));
+    }
+    if pg.get_connect_timeout().is_none() {
+        pg.connect_timeout(CONNECT_TIMEOUT);
+    }
+    // A silent network failure is noticed in about 25 s (keepalive
+    // probes), and a write to a dead peer fails after 10 s, instead of
+    // the kernel's defaults (minutes).
+    pg.keepalives_idle(Duration::from_secs(10))
+        .keepalives_interval(Duration::from_secs(5))
+        .keepalives_retries(3)
+        .tcp_user_timeout(Duration::from_secs(10));
+    if pg.get_application_name().is_none() {
+        pg.application_name(format!("ponte {node}"));
+    }
+    Ok(pg)
+}
+
+/// An error with its causes: "error connecting to server" alone does not
+/// say why.
+pub(crate) fn error_text(e: &tokio_postgres::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        let part = s.to_string();
+        if !text.contains(&part) {
+            text = format!("{text}: {part}");
+        }
+        source = s.source();
+    }
+    text
+}
+
+impl Inner {
+    /// The error of a write refused while PostgreSQL cannot be reached.
+    fn unavailable(&self, cause: impl std::fmt::Display) -> StoreError {
+        let synced = self.synced.load(Ordering::Relaxed);
+        let at = if synced > 0 {
+            rfc3339(synced)
+        } else {
+            "start".into()
+        };
+        StoreError::unavailable(format!(
+            "PostgreSQL: {cause}; routing continues from the state loaded at {at}; \
+             retry the change when PostgreSQL is back"
+        ))
+    }
+
+    /// A database error is the store's; anything else (connection refused,
+    /// closed, timed out) means PostgreSQL cannot be reached.
+    fn pg_error(&self, e: tokio_postgres::Error) -> StoreError {
+        match e.as_db_error() {
+            Some(db) => StoreError::new(format!("PostgreSQL: {db}")),
+            None => self.unavailable(error_text(&e)),
+        }
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Client, StoreError> {
+        self.pool.get().await.map_err(|e| match e {
+            deadpool_postgres::PoolError::Backend(e) => self.pg_error(e),
+            other => self.unavailable(other),
+        })
+    }
+
+    fn set_up(&self, up: bool, error: Option<String>) {
+        self.up.store(up, Ordering::Relaxed);
+        if let Ok(mut e) = self.last_error.lock() {
+            *e = error;
+        }
+        metrics::gauge!("ponte_state_store_up").set(if up { 1.0 } else { 0.0 });
+    }
+
+    fn synced_now(&self) {
+        let now = super::now_unix();
+        self.synced.store(now, Ordering::Relaxed);
+        metrics::gauge!("ponte_state_store_last_sync_timestamp_seconds").set(now as f64);
+    }
+
+    fn fire(&self, event: &Event) {
+        let hook = self.hook.read().ok().and_then(|h| h.clone());
+        if let Some(hook) = hook {
+            hook(event);
+        }
+    }
+}
+
+impl StateStore for PgStore {
+    fn domain(&self, name: &str) -> Result<Option<DomainRecord>, StoreError> {
+        self.read(|s| s.domains.get(name).cloned())
+    }
+
+    fn domains(&self) -> Result<Vec<(String, DomainRecord)>, StoreError> {
+        self.read(|s| {
+            s.domains
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        })
+    }
+
+    fn mailbox(&self, address: &str) -> Result<Option<MailboxRecord>, StoreError> {
+        self.read(|s| s.mailboxes.get(address).cloned())
+    }
+
+    fn mailboxes(&self, domain: Option<&str>) -> Result<Vec<(String, MailboxRecord)>, StoreError> {
+        let suffix = domain.map(|d| format!("@{d}"));
+        self.read(|s| {
+            s.mailboxes
+                .iter()
+                .filter(|(a, _)| suffix.as_deref().is_none_or(|x| a.ends_with(x)))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        })
+    }
+
+    fn mailbox_count(&self) -> Result<u64, StoreError> {
+        self.read(|s| s.mailboxes.len() as u64)
+    }
+
+    fn tempmail_until(&self, address: &str) -> Result<Option<i64>, StoreError> {
+        self.read(|s| s.tempmail.get(address).copied())
+    }
+
+    fn schedules(&self) -> Result<Vec<Schedule>, StoreError> {
+        self.read(|s| s.schedules.values().cloned().collect())
+    }
+
+    fn audit(&self, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
+        let inner = self.inner.clone();
+        self.call(async move { schema::audit(&inner, limit).await })
+    }
+
+    fn apply(&self, change: &Change, who: &str) -> Result<Applied, StoreError> {
+        // Lost since it was up: refuse at once rather than wait for a
+        // connection timeout (changes from the others do not arrive now
+        // either). The LISTEN task retries every 2 s at most.
+        if !self.inner.up.load(Ordering::Relaxed) {
+            if let Some(e) = self.inner.last_error.lock().ok().and_then(|e| e.clone()) {
+                return Err(self.inner.unavailable(e));
+            }
+        }
+        let inner = self.inner.clone();
+        let (change, who) = (change.clone(), who.to_string());
+        self.call(async move { write::apply(&inner, &change, &who).await })
+    }
+
+    fn dump(&self) -> Result<Dump, StoreError> {
+        let inner = self.inner.clone();
+        self.call(async move { schema::dump(&inner).await })
+    }
+
+    fn restore(&self, dump: &Dump) -> Result<(), StoreError> {
+        let inner = self.inner.clone();
+        let dump = dump.clone();
+        self.call(async move { write::restore(&inner, &dump).await })
+    }
+
+    fn watch(&self, hook: Hook) {
+        if let Ok(mut h) = self.inner.hook.write() {
+            *h = Some(hook);
+        }
+    }
+
+    fn status(&self) -> StoreStatus {
+        let synced = self.inner.synced.load(Ordering::Relaxed);
+        StoreStatus {
+            kind: "postgresql",
+            node: Some(self.inner.node.clone()),
+            up: self.inner.up.load(Ordering::Relaxed),
+            last_sync: (synced > 0).then_some(synced),
+            error: self.inner.last_error.lock().ok().and_then(|e| e.clone()),
+        }
+    }
+
+    fn publish_node(&self, report: NodeReport) {
+        let inner = self.inner.clone();
+        self.handle.spawn(async move {
+            if let Err(e) = schema::publish(&inner, &report).await {
+                tracing::debug!(error = %e, "fleet: node figures not published");
+            }
+        });
+    }
+
+    fn fleet(&self) -> Result<Option<Vec<NodeReport>>, StoreError> {
+        let inner = self.inner.clone();
+        self.call(async move { schema::nodes(&inner).await.map(Some) })
+    }
+}
