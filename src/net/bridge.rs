@@ -199,6 +199,8 @@ struct Direction {
     bytes: u64,
     /// Only while a large literal moves between two plain sockets.
     pipe: Option<Pipe>,
+    /// splice(2) failed as unsupported here: copy from now on.
+    no_splice: bool,
 }
 
 impl Direction {
@@ -313,15 +315,27 @@ impl Direction {
         W: AsyncWrite + PlainSocket + Unpin,
     {
         let opaque = boundary.as_ref().map_or(0, |b| b.opaque_ahead());
-        if let (true, Some(from), Some(to)) =
-            (opaque >= SPLICE_MIN, r.plain_socket(), w.plain_socket())
-        {
+        if let (true, false, Some(from), Some(to)) = (
+            opaque >= SPLICE_MIN,
+            self.no_splice,
+            r.plain_socket(),
+            w.plain_socket(),
+        ) {
             if self.pipe.is_none() {
                 // Out of descriptors, say: copying still works.
                 self.pipe = Pipe::new().ok();
             }
             if let Some(pipe) = self.pipe.as_mut() {
-                let n = ready!(pipe.poll_fill(cx, from, opaque as usize))?;
+                let n = match ready!(pipe.poll_fill(cx, from, opaque as usize)) {
+                    Ok(n) => n,
+                    // Nothing has moved yet: copying takes over.
+                    Err(e) if Pipe::unsupported(&e) => {
+                        self.no_splice = true;
+                        self.pipe = None;
+                        return self.poll_read_through(cx, r, w, boundary);
+                    }
+                    Err(e) => return Poll::Ready(Err(e)),
+                };
                 if let Some(b) = boundary {
                     b.skipped(n as u64);
                 }

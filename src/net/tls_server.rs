@@ -23,6 +23,12 @@ use tokio_rustls::rustls;
 /// What one socket read asks for: a full TLS record and its header.
 const READ_SIZE: usize = 16 * 1024 + 256;
 
+thread_local! {
+    /// Where socket reads land, one per worker thread.
+    static SCRATCH: std::cell::RefCell<Box<[u8]>> =
+        std::cell::RefCell::new(vec![0u8; READ_SIZE].into_boxed_slice());
+}
+
 /// The largest piece of plaintext encrypted per write call, so that what
 /// waits to be sent stays bounded.
 const WRITE_CHUNK: usize = 64 * 1024;
@@ -149,7 +155,15 @@ impl TlsServer {
             sni: None,
         };
         loop {
-            let step = tls.process(None)?;
+            let step = match tls.process(None) {
+                Ok(step) => step,
+                Err(e) => {
+                    // The alert, if the peer takes it at once.
+                    let send = std::future::poll_fn(|cx| tls.poll_send(cx));
+                    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), send).await;
+                    return Err(e);
+                }
+            };
             std::future::poll_fn(|cx| tls.poll_send(cx)).await?;
             if !tls.conn.is_handshaking() {
                 tls.sni = seen.get().cloned();
@@ -179,7 +193,14 @@ impl TlsServer {
         loop {
             let status = self.conn.process_tls_records(&mut self.incoming);
             let mut discard = status.discard;
-            let state = status.state.map_err(tls_error)?;
+            let state = match status.state {
+                Ok(state) => state,
+                Err(e) => {
+                    self.incoming.drain(..discard.min(self.incoming.len()));
+                    self.queue_alert();
+                    return Err(tls_error(e));
+                }
+            };
             let step = match state {
                 ConnectionState::ReadTraffic(mut records) => {
                     while let Some(record) = records.next_record() {
@@ -251,17 +272,55 @@ impl TlsServer {
         }
     }
 
+    /// Sends what is queued (the alert of a TLS error) if the socket takes
+    /// it now, and gives back `e`.
+    fn failed(&mut self, cx: &mut Context<'_>, e: io::Error) -> io::Error {
+        let _ = self.poll_send(cx);
+        e
+    }
+
+    /// After a TLS error: queues the alert rustls prepared (protocol
+    /// version, handshake failure, bad record MAC…), so the peer learns
+    /// why instead of seeing the connection just end. Best effort.
+    fn queue_alert(&mut self) {
+        for _ in 0..4 {
+            let status = self.conn.process_tls_records(&mut []);
+            match status.state {
+                Ok(ConnectionState::EncodeTlsData(mut encode)) => {
+                    if append(
+                        &mut self.outgoing,
+                        64,
+                        |b| encode.encode(b),
+                        encode_too_small,
+                    )
+                    .is_err()
+                    {
+                        return;
+                    }
+                }
+                Ok(ConnectionState::TransmitTlsData(t)) => t.done(),
+                _ => return,
+            }
+        }
+    }
+
     /// Reads once from the socket into `incoming`; the bytes read, 0 at
-    /// the end of the TCP stream.
+    /// the end of the TCP stream. The read lands in the thread's scratch
+    /// buffer and only what came is kept, so waiting holds nothing (the
+    /// socket's readiness stays set after a successful read, and a buffer
+    /// reserved for the next read would be held through the wait).
     fn poll_receive(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        // Idle between records: hold no buffer while waiting.
         if self.incoming.is_empty() && self.incoming.capacity() > 0 {
             self.incoming = Vec::new();
         }
         loop {
             ready!(self.tcp.poll_read_ready(cx))?;
-            self.incoming.reserve(READ_SIZE);
-            match self.tcp.try_read_buf(&mut self.incoming) {
+            let got = SCRATCH.with_borrow_mut(|buf| {
+                let n = self.tcp.try_read(buf)?;
+                self.incoming.extend_from_slice(&buf[..n]);
+                Ok::<_, io::Error>(n)
+            });
+            match got {
                 Ok(n) => return Poll::Ready(Ok(n)),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) => return Poll::Ready(Err(e)),
@@ -316,9 +375,9 @@ impl AsyncRead for TlsServer {
             if this.peer_done {
                 return Poll::Ready(Ok(()));
             }
-            let step = this.process(None)?;
-            // A key update's answer or an alert: on its way, without
-            // making the reader wait for the socket to take it.
+            let step = this.process(None).map_err(|e| this.failed(cx, e))?;
+            // An alert or other TLS bytes rustls queued: on their way,
+            // without making the reader wait for the socket to take them.
             if let Poll::Ready(Err(e)) = this.poll_send(cx) {
                 return Poll::Ready(Err(e));
             }
@@ -329,6 +388,10 @@ impl AsyncRead for TlsServer {
                 return Poll::Ready(Ok(()));
             }
             if ready!(this.poll_receive(cx))? == 0 {
+                if !this.incoming.is_empty() {
+                    // Cut inside a record: data lost, not a clean end.
+                    return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()));
+                }
                 // The TCP stream ended without close_notify: the end of the
                 // data for a mail protocol, whose own commands delimit it.
                 this.peer_done = true;
@@ -350,7 +413,7 @@ impl AsyncWrite for TlsServer {
             return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
         }
         let chunk = &buf[..buf.len().min(WRITE_CHUNK)];
-        match this.process(Some(chunk))? {
+        match this.process(Some(chunk)).map_err(|e| this.failed(cx, e))? {
             Step::Ready => {}
             Step::NeedData | Step::Closed => {
                 return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()))
@@ -513,9 +576,12 @@ mod tests {
             tcp.write_all(b"a LOGIN user pass\r\n").await.unwrap();
             let mut rest = Vec::new();
             let _ = tcp.read_to_end(&mut rest).await;
+            rest
         });
         let (tcp, _) = l.accept().await.unwrap();
         assert!(TlsServer::accept(server_cfg, tcp).await.is_err());
-        peer.await.unwrap();
+        // The peer is told why: a TLS alert record (content type 21).
+        let answer = peer.await.unwrap();
+        assert_eq!(answer.first(), Some(&21), "{answer:?}");
     }
 }

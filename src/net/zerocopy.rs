@@ -12,13 +12,17 @@ use std::io;
 use std::os::fd::OwnedFd;
 use std::task::{ready, Context, Poll};
 
-use rustix::pipe::{fcntl_setpipe_size, pipe_with, splice, PipeFlags, SpliceFlags};
+use rustix::pipe::{
+    fcntl_getpipe_size, fcntl_setpipe_size, pipe_with, splice, PipeFlags, SpliceFlags,
+};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
-/// The pipe's capacity when the kernel allows it (`/proc/sys/fs/pipe-max-size`
-/// is 1 MiB by default): fewer, larger splices per literal.
-const WANTED_CAPACITY: usize = 1 << 20;
+/// The pipe's capacity asked for: fewer, larger splices per literal than
+/// the default 64 KiB, while a slow client's session pins at most this
+/// much kernel memory (pipe pages also count against the user's
+/// `pipe-user-pages-soft`, past which the kernel shrinks new pipes).
+const WANTED_CAPACITY: usize = 256 * 1024;
 
 /// A pipe and how many bytes sit in it.
 pub struct Pipe {
@@ -31,14 +35,29 @@ pub struct Pipe {
 impl Pipe {
     pub fn new() -> io::Result<Pipe> {
         let (read, write) = pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)?;
-        // The default (64 KiB) still works, in more steps.
-        let capacity = fcntl_setpipe_size(&write, WANTED_CAPACITY).unwrap_or(64 * 1024);
+        // Whatever the kernel granted (it may refuse the size, or have
+        // shrunk the pipe for a user over its limit): more steps, still
+        // right, as long as fills never ask for more than this.
+        let _ = fcntl_setpipe_size(&write, WANTED_CAPACITY);
+        let capacity = fcntl_getpipe_size(&write)?.max(4096);
         Ok(Pipe {
             read,
             write,
             capacity,
             held: 0,
         })
+    }
+
+    /// Whether `e` from [`Pipe::poll_fill`] means splice(2) cannot be used
+    /// here at all (a sandbox's seccomp filter, a kernel without it), so
+    /// the bytes must be copied instead.
+    pub fn unsupported(e: &io::Error) -> bool {
+        matches!(
+            e.raw_os_error(),
+            Some(code) if code == rustix::io::Errno::INVAL.raw_os_error()
+                || code == rustix::io::Errno::NOSYS.raw_os_error()
+                || code == rustix::io::Errno::PERM.raw_os_error()
+        )
     }
 
     /// Bytes in the pipe, not yet written on.
@@ -56,7 +75,9 @@ impl Pipe {
     ) -> Poll<io::Result<usize>> {
         // Filled only when empty: then EAGAIN can only mean the socket has
         // nothing, never a full pipe, and waiting for the socket is right.
-        debug_assert_eq!(self.held, 0);
+        if self.held != 0 {
+            return Poll::Ready(Err(io::Error::other("pipe filled before it was drained")));
+        }
         let max = max.min(self.capacity);
         loop {
             ready!(from.poll_read_ready(cx))?;
