@@ -510,15 +510,22 @@ impl Running {
             }
         }
         let store = old.router.store().clone();
-        let ctx = Ctx::build(
-            config,
-            store,
-            old.registry.clone(),
-            (old.draining.clone(), old.hard_stop.clone()),
-            old.inbound.clone(),
-            old.throttle.clone(),
-            old.observed.clone(),
-        )
+        // Building writes the file's domain states to the store, which
+        // waits on PostgreSQL in a fleet: not on a worker thread.
+        let generation = old.clone();
+        let ctx = tokio::task::spawn_blocking(move || {
+            Ctx::build(
+                config,
+                store,
+                generation.registry.clone(),
+                (generation.draining.clone(), generation.hard_stop.clone()),
+                generation.inbound.clone(),
+                generation.throttle.clone(),
+                generation.observed.clone(),
+            )
+        })
+        .await
+        .map_err(|e| format!("reload task: {e}"))?
         .map_err(|e| e.to_string())?;
         let keep: Vec<String> = ctx.listeners.keys().cloned().collect();
         self.current.store(Arc::new(ctx));

@@ -49,33 +49,54 @@ fn apply_due(control: &Control) -> Result<Option<i64>, ControlError> {
     let mut schedules = control.ctx().router.store().schedules()?;
     schedules.sort_by_key(|s| (s.at, s.id));
     let now = now_unix();
+    let mut unclaimed = false;
     for s in schedules.iter().filter(|s| s.at <= now) {
         // One schedule that cannot be applied must not hold back the others.
-        if let Err(e) = apply_one(control, s) {
-            warn!(schedule = s.id, error = %e, "scheduled transition failed; will retry");
+        match apply_one(control, s) {
+            Ok(claimed) => unclaimed |= !claimed,
+            Err(e) => {
+                warn!(schedule = s.id, error = %e, "scheduled transition failed; will retry")
+            }
         }
     }
-    Ok(schedules.iter().filter(|s| s.at > now).map(|s| s.at).min())
+    let next = schedules.iter().filter(|s| s.at > now).map(|s| s.at).min();
+    // Not claimed: done by another node (the snapshot soon says so), or
+    // not yet due by the database's clock (this node's runs ahead): look
+    // again shortly rather than at the next schedule.
+    Ok(if unclaimed {
+        Some(next.map_or(now + 1, |n| n.min(now + 1)))
+    } else {
+        next
+    })
 }
 
-fn apply_one(control: &Control, s: &Schedule) -> Result<(), ControlError> {
+/// Carries `s` out; false if the store let another node do it (or it is
+/// not due yet by the store's clock).
+fn apply_one(control: &Control, s: &Schedule) -> Result<bool, ControlError> {
     let who = format!("schedule {} by {}", s.id, s.by);
     match control.run_schedule(s, &who) {
         Ok(Some(flip)) => {
             info!(schedule = s.id, subject = %s.subject, state = %s.state, late_secs = now_unix() - s.at, kicked = flip.kicked, "scheduled transition applied")
         }
-        // Another node of the fleet carried it out first.
         Ok(None) => {
-            info!(schedule = s.id, subject = %s.subject, "scheduled transition carried out by another node")
+            info!(schedule = s.id, subject = %s.subject, "scheduled transition not claimed here (another node, or not due by the store's clock)");
+            return Ok(false);
         }
         // A domain removed from the configuration since, or a backend the
         // mailbox named is gone: it can never apply, so it is dropped
         // (the removal is audited).
+        // In a fleet, this node's configuration may just be behind the
+        // others' (a rolling change): it leaves the schedule to them.
+        Err(ControlError::NotFound(reason) | ControlError::Invalid(reason))
+            if control.ctx().router.store().status().kind != "embedded" =>
+        {
+            warn!(schedule = s.id, %reason, "scheduled transition not applicable on this node; left to the others");
+        }
         Err(ControlError::NotFound(reason) | ControlError::Invalid(reason)) => {
             warn!(schedule = s.id, %reason, "scheduled transition dropped");
             control.remove_schedule(s.id, &who)?;
         }
         Err(e) => return Err(e),
     }
-    Ok(())
+    Ok(true)
 }

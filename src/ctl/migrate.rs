@@ -83,7 +83,14 @@ fn failed(spec: &str, e: crate::error::StoreError) -> Failure {
             }
             u.to_string()
         }
-        _ => spec.to_string(),
+        // Not a URL the parser takes (several hosts, say): hide the whole
+        // user-information part.
+        _ => match (spec.find("://"), spec.rfind('@')) {
+            (Some(scheme), Some(at)) if at > scheme => {
+                format!("{}://***@{}", &spec[..scheme], &spec[at + 1..])
+            }
+            _ => spec.to_string(),
+        },
     };
     Failure::Api {
         message: format!("{shown}: {e}"),

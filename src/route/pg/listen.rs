@@ -86,11 +86,17 @@ async fn session(inner: &Inner, reconnect: bool) -> Result<(), String> {
     inner.set_up(true, None);
     if reconnect {
         info!("state store: PostgreSQL back; state reloaded");
-        inner.fire(&Event::All);
     }
+    // Also the first time: a change between the store's opening load and
+    // this one may concern sessions accepted meanwhile.
+    inner.fire(&Event::All);
     while let Some(payload) = rx.recv().await {
         metrics::counter!("ponte_state_store_notifications_total").increment(1);
-        handle(inner, &client, &payload).await;
+        if let Err(e) = handle(inner, &client, &payload).await {
+            // Start over: the reconnect reloads everything and re-routes.
+            driver.abort();
+            return Err(e);
+        }
     }
     drop(client);
     match driver.await {
@@ -100,20 +106,25 @@ async fn session(inner: &Inner, reconnect: bool) -> Result<(), String> {
 }
 
 /// Reloads what a notification names, on the LISTEN connection itself
-/// (known to be up: no pool connection to set up on the way).
-async fn handle(inner: &Inner, client: &tokio_postgres::Client, payload: &str) {
+/// (known to be up: no pool connection to set up on the way), then calls
+/// the hook. An error means the snapshot may be behind: the caller drops
+/// the connection and starts over with a full reload.
+async fn handle(
+    inner: &Inner,
+    client: &tokio_postgres::Client,
+    payload: &str,
+) -> Result<(), String> {
     let Some(p) = Payload::decode(payload) else {
         warn!(payload, "state store: unknown notification ignored");
-        return;
+        return Ok(());
     };
     if let Err(e) = inner.refresh_with(client, &p.event).await {
         warn!(error = %e, event = ?p.event, "state store: reload after a notification failed; full reload");
-        if inner.reload_all().await.is_err() {
-            return;
-        }
+        inner.reload_all().await.map_err(|e| e.to_string())?;
     }
-    // Our own change: the control plane already re-routed.
-    if p.instance != inner.instance {
-        inner.fire(&p.event);
-    }
+    // Also for this node's own changes: its control plane re-routed
+    // already, but against the state it had if the post-commit refresh
+    // failed or its call timed out; re-routing twice closes nothing more.
+    inner.fire(&p.event);
+    Ok(())
 }

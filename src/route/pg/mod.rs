@@ -59,6 +59,11 @@ pub(crate) struct Inner {
     /// This store's own changes, in notifications: process id and start.
     instance: String,
     snap: RwLock<Snapshot>,
+    /// Held across a refresh's query and its write into the snapshot, so
+    /// that a refresh started later (reading a state at least as new)
+    /// also lands later: the post-commit refresh and the LISTEN
+    /// connection's run side by side.
+    refreshing: tokio::sync::Mutex<()>,
     /// The LISTEN connection is up: changes from other nodes arrive.
     up: AtomicBool,
     /// Unix seconds of the last full load or refresh.
@@ -111,6 +116,7 @@ impl PgStore {
             node: node.to_string(),
             instance: instance_id(),
             snap: RwLock::new(Snapshot::default()),
+            refreshing: tokio::sync::Mutex::new(()),
             up: AtomicBool::new(false),
             synced: AtomicI64::new(0),
             last_error: Mutex::new(None),
@@ -145,7 +151,10 @@ impl PgStore {
         });
         match rx.recv_timeout(CALL_TIMEOUT) {
             Ok(result) => result,
-            Err(_) => Err(self.inner.unavailable("no answer in time")),
+            // The transaction may still commit after this: say so.
+            Err(_) => Err(self.inner.unavailable(
+                "no answer in time (a change may still be applied: check the audit log before retrying)",
+            )),
         }
     }
 

@@ -218,6 +218,7 @@ impl Inner {
         c: &(impl GenericClient + Sync),
         event: &Event,
     ) -> Result<(), StoreError> {
+        let _ordered = self.refreshing.lock().await;
         let pe = |e| self.pg_error(e);
         let write = |f: &mut dyn FnMut(&mut Snapshot)| -> Result<(), StoreError> {
             let mut snap = self

@@ -26,6 +26,7 @@ pub(super) async fn apply(
     let pe = |e| inner.pg_error(e);
     let mut c = inner.client().await?;
     let tx = c.transaction().await.map_err(pe)?;
+    bounded(&tx).await.map_err(pe)?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK])
         .await
         .map_err(pe)?;
@@ -52,6 +53,17 @@ pub(super) async fn apply(
         }
     }
     Ok(applied)
+}
+
+/// Bounds the transaction's waits: a node that died holding the write
+/// lock (its backend kept until PostgreSQL notices) must not hold every
+/// other node's changes for hours; they fail and can be retried.
+async fn bounded(tx: &Transaction<'_>) -> Result<(), tokio_postgres::Error> {
+    tx.batch_execute(
+        "SET LOCAL lock_timeout = '5s'; SET LOCAL statement_timeout = '10s';
+         SET LOCAL idle_in_transaction_session_timeout = '10s'",
+    )
+    .await
 }
 
 /// Replaces everything with `dump` (`migrate-store`).
@@ -269,8 +281,12 @@ impl Writer<'_> {
     async fn claim(&mut self, id: u64, change: &Change) -> Result<(), StoreError> {
         let row = self
             .tx
+            // Due by the database's clock, not this node's (a node whose
+            // clock runs fast must not carry schedules out early).
             .query_opt(
-                "SELECT id FROM schedules WHERE id = $1 FOR UPDATE SKIP LOCKED",
+                "SELECT id FROM schedules
+                 WHERE id = $1 AND due <= extract(epoch FROM now())::bigint
+                 FOR UPDATE",
                 &[&(id as i64)],
             )
             .await
