@@ -24,6 +24,9 @@ pub struct Entry {
     pub listener: String,
     /// The listener's view: routes are re-checked in it on a flip.
     pub view: View,
+    /// A tempmail view's closing time (Unix seconds) the session runs
+    /// under: a session whose deadline has moved since is sent to it.
+    pub deadline: Option<i64>,
     pub peer: SocketAddr,
     pub since: SystemTime,
     kick: CancellationToken,
@@ -61,6 +64,7 @@ pub struct Info {
     pub state: MailboxState,
     pub listener: String,
     pub view: View,
+    pub deadline: Option<i64>,
     pub peer: SocketAddr,
 }
 
@@ -106,6 +110,7 @@ impl Registry {
             state: info.state,
             listener: info.listener,
             view: info.view,
+            deadline: info.deadline,
             peer: info.peer,
             since: SystemTime::now(),
             kick: CancellationToken::new(),
@@ -179,6 +184,7 @@ mod tests {
             state: MailboxState::Legacy,
             listener: "imap".into(),
             view: View::Live,
+            deadline: None,
             peer: "127.0.0.1:1".parse().unwrap(),
         }
     }

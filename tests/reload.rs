@@ -125,3 +125,52 @@ fn reload_adds_and_removes_listeners_without_touching_open_sessions() {
         "its open session goes on"
     );
 }
+
+/// A domain's tempmail deadline moved in the file: open tempmail sessions
+/// are sent to it (they ran under the old one), others are not touched.
+#[test]
+fn a_reload_that_moves_a_domains_tempmail_deadline_closes_the_views_running_under_the_old() {
+    let w = World::backends_only("");
+    let (p, addrs) = Process::start(&w);
+    let set_deadline = |until: &str| {
+        let text = std::fs::read_to_string(&p.config).unwrap();
+        let text = match text.find("tempmail_until = ") {
+            Some(at) => {
+                let end = at + text[at..].find('\n').unwrap();
+                format!(
+                    "{}tempmail_until = \"{until}\"{}",
+                    &text[..at],
+                    &text[end..]
+                )
+            }
+            None => text.replacen(
+                "[domain.\"pec.example\"]\n",
+                &format!("[domain.\"pec.example\"]\ntempmail_until = \"{until}\"\n"),
+                1,
+            ),
+        };
+        std::fs::write(&p.config, text).unwrap();
+        p.signal(libc::SIGHUP);
+    };
+    set_deadline("2099-01-01T00:00:00Z");
+    p.wait_log("configuration reloaded");
+    let login = |listener: &str| {
+        let mut c = LineConn::tcp(addrs[listener]);
+        c.read_line();
+        let r = c.imap(
+            "a",
+            &format!("LOGIN {} {}", DAVE.address, DAVE.legacy_password.unwrap()),
+        );
+        assert!(r.is_ok(), "{listener}: {}", r.status);
+        c
+    };
+    let mut view = login("tempmail");
+    let mut live = login("imap");
+    set_deadline("2098-01-01T00:00:00Z");
+    let bye = view.read_line();
+    assert!(
+        bye.starts_with("* BYE [ALERT]") && bye.contains("closing date"),
+        "{bye}"
+    );
+    assert!(live.imap("b", "NOOP").is_ok(), "the live session goes on");
+}

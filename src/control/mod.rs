@@ -384,6 +384,16 @@ impl Control {
                     Target::Refused { notice, .. } => notice.clone(),
                 };
                 kicked += self.ctx().registry.kick_id(e.id, &reason);
+            } else if e.view == crate::config::View::Tempmail && now.tempmail_until != e.deadline {
+                // Same route, another closing time (also one changed while
+                // a fleet node was cut off from the others).
+                let reason = match now.tempmail_until {
+                    Some(u) if u <= crate::route::now_unix() => {
+                        "The read-only view of your old mailbox has closed."
+                    }
+                    _ => "The closing date of this read-only view has changed; please reconnect.",
+                };
+                kicked += self.ctx().registry.kick_id(e.id, reason);
             }
         }
         kicked

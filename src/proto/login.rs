@@ -157,6 +157,9 @@ pub fn register(route: &Route, conn: &ConnInfo, ctx: &Ctx) -> Registration {
         state: route.state,
         listener: conn.listener.name.clone(),
         view: conn.listener.view,
+        deadline: route
+            .tempmail_until
+            .filter(|_| conn.listener.view == crate::config::View::Tempmail),
         peer: conn.peer,
     })
 }
