@@ -49,7 +49,9 @@ pub struct Overview {
     pub queue: Option<Queue>,
     pub backends: Vec<(String, health::Snapshot)>,
     pub schedules: Vec<Schedule>,
-    pub audit: Vec<AuditEntry>,
+    /// Read from the store itself: in a fleet it fails while PostgreSQL is
+    /// away, and the rest of the page (from memory) is shown all the same.
+    pub audit: Result<Vec<AuditEntry>, String>,
     /// Logins (ok, failed) since start.
     pub logins: (u64, u64),
 }
@@ -104,7 +106,11 @@ impl Overview {
     }
 }
 
-type StoreView = (Vec<DomainRow>, Vec<Schedule>, Vec<AuditEntry>);
+type StoreView = (
+    Vec<DomainRow>,
+    Vec<Schedule>,
+    Result<Vec<AuditEntry>, String>,
+);
 
 fn read_store(control: &Control) -> Result<StoreView, ControlError> {
     let ctx = control.ctx();
@@ -129,7 +135,7 @@ fn read_store(control: &Control) -> Result<StoreView, ControlError> {
     }
     let mut schedules = store.schedules()?;
     schedules.sort_by_key(|s| (s.at, s.id));
-    let audit = store.audit(AUDIT_SHOWN)?;
+    let audit = store.audit(AUDIT_SHOWN).map_err(|e| e.to_string());
     Ok((domains, schedules, audit))
 }
 

@@ -392,7 +392,16 @@ fn backends(o: &Overview) -> String {
 }
 
 fn audit(o: &Overview) -> String {
-    if o.audit.is_empty() {
+    let entries = match &o.audit {
+        Ok(entries) => entries,
+        Err(e) => {
+            return format!(
+                "<p role=\"alert\">The audit log cannot be read now: {}</p>",
+                esc(e)
+            )
+        }
+    };
+    if entries.is_empty() {
         return "<p>No changes yet.</p>".into();
     }
     let mut out = String::new();
@@ -401,7 +410,7 @@ fn audit(o: &Overview) -> String {
         "Audit log, newest first",
         &["When", "Who", "What", "Old", "New"],
     );
-    for a in &o.audit {
+    for a in entries {
         out.push_str("<tr>");
         td(&mut out, "When", &time(a.at));
         td(&mut out, "Who", &esc(&a.who));
