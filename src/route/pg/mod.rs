@@ -177,6 +177,16 @@ impl Drop for PgStore {
     }
 }
 
+/// SQLSTATEs that say "not now" rather than "wrong": connection
+/// exceptions (08), insufficient resources (53), operator intervention
+/// (57: shutdown, statement timeout), lock not available (55P03).
+fn transient(code: &str) -> bool {
+    ["08", "53", "57"]
+        .iter()
+        .any(|class| code.starts_with(class))
+        || code == "55P03"
+}
+
 /// Unique per store opened: process id and the time of opening.
 fn instance_id() -> String {
     let nanos = std::time::SystemTime::now()
@@ -247,6 +257,12 @@ impl Inner {
     /// closed, timed out) means PostgreSQL cannot be reached.
     fn pg_error(&self, e: tokio_postgres::Error) -> StoreError {
         match e.as_db_error() {
+            // PostgreSQL answered but cannot serve now (too many
+            // connections, shutting down, a lock or statement timeout):
+            // the change may be retried, like a lost connection.
+            Some(db) if transient(db.code().code()) => {
+                self.unavailable(format!("PostgreSQL: {db}"))
+            }
             Some(db) => StoreError::new(format!("PostgreSQL: {db}")),
             None => self.unavailable(error_text(&e)),
         }

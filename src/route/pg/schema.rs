@@ -308,17 +308,27 @@ pub(super) async fn audit(inner: &Inner, limit: usize) -> Result<Vec<AuditEntry>
 /// Everything, for `migrate-store`.
 pub(super) async fn dump(inner: &Inner) -> Result<Dump, StoreError> {
     let pe = |e| inner.pg_error(e);
-    let c = inner.client().await?;
-    let snap = load(inner, &**c).await?;
+    let mut c = inner.client().await?;
+    // One snapshot of the whole state: a fleet still running must not
+    // have a schedule claimed between the schedules and the audit read.
+    let tx = c
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+        .map_err(pe)?;
+    let snap = load(inner, &*tx).await?;
     let mut tempmail: Vec<(String, i64)> = snap.tempmail.into_iter().collect();
     tempmail.sort();
-    let audit = c
+    let audit = tx
         .query(&format!("{AUDIT} ORDER BY seq"), &[])
         .await
         .map_err(pe)?
         .iter()
         .map(audit_row)
         .collect();
+    tx.commit().await.map_err(pe)?;
     Ok(Dump {
         domains: snap.domains.into_iter().collect(),
         mailboxes: snap.mailboxes.into_iter().collect(),
