@@ -348,3 +348,40 @@ fn mailbox_tempmail_deadline_overrides_the_domains() {
         400
     );
 }
+
+#[test]
+fn a_kick_closes_the_mailboxs_sessions_and_is_audited_under_the_token_name() {
+    let w = World::start();
+    let mut c = LineConn::tcp(w.addr("imap"));
+    assert!(login(&mut c, ALICE.address, ALICE.legacy_password.unwrap()).is_ok());
+    let api = Api::new(w.addr("admin"));
+    let (code, body) = api.send_json(
+        "POST",
+        "/api/kick",
+        &json!({"mailbox": "Alice@PEC.example", "reason": "Maintenance, reconnect."}),
+    );
+    assert_eq!((code, body["kicked"].as_u64()), (200, Some(1)), "{body}");
+    let bye = c.read_line();
+    assert!(bye.starts_with("* BYE [ALERT] Maintenance"), "{bye}");
+    let (_, audit) = api.get("/api/audit?limit=5");
+    let last = audit["audit"]
+        .as_array()
+        .and_then(|a| a.last())
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        (
+            last["who"].as_str(),
+            last["what"].as_str(),
+            last["old"].as_str(),
+            last["new"].as_str()
+        ),
+        (
+            Some("ops"),
+            Some("sessions of mailbox alice@pec.example"),
+            Some("1 open session"),
+            Some("closed")
+        ),
+        "{audit}"
+    );
+}

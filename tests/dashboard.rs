@@ -660,7 +660,12 @@ fn each_action_is_reviewed_first_then_done_and_audited_under_the_token_name() {
 
     // Every change is in the audit log under the token's name.
     let entries = audit(&api);
-    for what in ["mailbox dave@pec.example", "schedule", "queue"] {
+    for what in [
+        "mailbox dave@pec.example",
+        "schedule",
+        "queue",
+        "sessions of mailbox alice@pec.example",
+    ] {
         assert!(
             entries
                 .iter()

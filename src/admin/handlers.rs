@@ -336,7 +336,7 @@ pub struct KickBody {
     reason: Option<String>,
 }
 
-pub async fn kick(State(s): St, Json(body): Json<KickBody>) -> Api {
+pub async fn kick(State(s): St, Extension(who): Extension<Who>, Json(body): Json<KickBody>) -> Api {
     let selector = match (body.mailbox, body.domain, body.id) {
         (Some(m), None, None) => Selector::Mailbox(m),
         (None, Some(d), None) => Selector::Domain(d),
@@ -350,9 +350,8 @@ pub async fn kick(State(s): St, Json(body): Json<KickBody>) -> Api {
     let reason = body
         .reason
         .unwrap_or_else(|| "Closed by the administrator; please reconnect.".into());
-    Ok(Json(
-        json!({ "kicked": s.control.kick(&selector, &reason) }),
-    ))
+    let kicked = blocking(&s, move |c| c.kick(&selector, &reason, &who.0)).await?;
+    Ok(Json(json!({ "kicked": kicked })))
 }
 
 #[derive(Deserialize)]

@@ -340,13 +340,39 @@ impl Control {
     }
 
     /// Closes sessions on request, with `reason` shown to the user.
-    pub fn kick(&self, selector: &Selector, reason: &str) -> usize {
+    pub fn kick(
+        &self,
+        selector: &Selector,
+        reason: &str,
+        who: &str,
+    ) -> Result<usize, ControlError> {
         let registry = &self.ctx().registry;
-        match selector {
-            Selector::Mailbox(a) => registry.kick_mailbox(&a.to_lowercase(), reason),
-            Selector::Domain(d) => registry.kick_domain(&d.to_ascii_lowercase(), reason),
-            Selector::Id(id) => registry.kick_id(*id, reason),
-        }
+        let (closed, asked) = match selector {
+            Selector::Mailbox(a) => {
+                let a = a.to_lowercase();
+                (registry.kick_mailbox(&a, reason), format!("mailbox {a}"))
+            }
+            Selector::Domain(d) => {
+                let d = d.to_ascii_lowercase();
+                (registry.kick_domain(&d, reason), format!("domain {d}"))
+            }
+            Selector::Id(id) => (registry.kick_id(*id, reason), format!("session {id}")),
+        };
+        // Done first, audited after (as queue changes): the log never
+        // claims a kick that did not happen.
+        let change = Change::Kick {
+            selector: asked,
+            closed,
+        };
+        self.ctx()
+            .router
+            .store()
+            .apply(&change, who)
+            .map_err(|source| ControlError::Unaudited {
+                action: "kick",
+                source,
+            })?;
+        Ok(closed)
     }
 
     /// Re-checks every open session's route (after a reload).

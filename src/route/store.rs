@@ -117,6 +117,12 @@ pub enum Change {
         id: String,
         reset: usize,
     },
+    /// An admin closed open sessions (`selector`: what was asked for).
+    /// Audit only: sessions are not state.
+    Kick {
+        selector: String,
+        closed: usize,
+    },
     /// An admin deleted a spooled message, undelivered recipients and all.
     QueueDelete {
         id: String,
@@ -281,7 +287,8 @@ impl Writer<'_> {
             Change::QueueHold { .. }
             | Change::QueueRelease { .. }
             | Change::QueueRetry { .. }
-            | Change::QueueDelete { .. } => match queue_audit(change) {
+            | Change::QueueDelete { .. }
+            | Change::Kick { .. } => match audit_only(change) {
                 Some((what, old, new)) => self.audit(what, old, new),
                 None => Ok(()),
             },
@@ -476,9 +483,9 @@ impl Writer<'_> {
 /// Most recipients named in a queue deletion's audit entry.
 const AUDIT_RECIPIENTS: usize = 10;
 
-/// The audit entry of an admin action on a spooled message:
-/// `(what, old, new)`.
-pub(crate) fn queue_audit(change: &Change) -> Option<(String, Option<String>, Option<String>)> {
+/// The audit entry of an action that changes no routing state (on a
+/// spooled message, on open sessions): `(what, old, new)`.
+pub(crate) fn audit_only(change: &Change) -> Option<(String, Option<String>, Option<String>)> {
     let what = |id: &str| format!("queue message {id}");
     let some = |s: &str| Some(s.to_string());
     Some(match change {
@@ -511,6 +518,14 @@ pub(crate) fn queue_audit(change: &Change) -> Option<(String, Option<String>, Op
                 ));
             }
             (what(id), Some(format!("from {from} to {to}")), None)
+        }
+        Change::Kick { selector, closed } => {
+            let s = if *closed == 1 { "" } else { "s" };
+            (
+                format!("sessions of {selector}"),
+                Some(format!("{closed} open session{s}")),
+                Some("closed".into()),
+            )
         }
         _ => return None,
     })

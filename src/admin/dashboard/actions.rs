@@ -455,8 +455,12 @@ impl Action {
                 })
             }
             Action::Kick(sel) => {
-                let n = control.kick(&sel, "Closed by the administrator; please reconnect.");
-                tracing::info!(selector = ?sel, %who, kicked = n, "sessions closed from the dashboard");
+                let w = who.to_string();
+                let n = control
+                    .blocking(move |c| {
+                        c.kick(&sel, "Closed by the administrator; please reconnect.", &w)
+                    })
+                    .await?;
                 Ok(format!("{n} session(s) closed."))
             }
             Action::Hold { id, held } => {

@@ -9,7 +9,7 @@ use super::schema::WRITE_LOCK;
 use super::Inner;
 use crate::error::StoreError;
 use crate::route::fleet::{Event, Payload, CHANNEL};
-use crate::route::store::{describe, queue_audit, Applied, AuditEntry, Change, Dump, Subject};
+use crate::route::store::{audit_only, describe, Applied, AuditEntry, Change, Dump, Subject};
 use crate::route::{rfc3339, MailboxState};
 
 /// More mailboxes than this changed at once: one `All` event instead of
@@ -316,8 +316,9 @@ impl Writer<'_> {
             Change::QueueHold { .. }
             | Change::QueueRelease { .. }
             | Change::QueueRetry { .. }
-            | Change::QueueDelete { .. } => {
-                if let Some((what, old, new)) = queue_audit(change) {
+            | Change::QueueDelete { .. }
+            | Change::Kick { .. } => {
+                if let Some((what, old, new)) = audit_only(change) {
                     self.audit(what, old, new);
                 }
                 Ok(())
