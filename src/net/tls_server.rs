@@ -187,8 +187,8 @@ impl TlsServer {
 
     /// Processes the received TLS bytes as far as they go: plaintext is
     /// kept for the reader, handshake and alert records queued to send.
-    /// With `send`, encrypts it once application data may be sent and
-    /// says how much it took (0 if it could not yet).
+    /// With `send`, encrypts all of it into `outgoing` when processing
+    /// stops at [`Step::Ready`] (application data may be sent).
     fn process(&mut self, mut send: Option<&[u8]>) -> io::Result<Step> {
         loop {
             let status = self.conn.process_tls_records(&mut self.incoming);
