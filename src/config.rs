@@ -88,6 +88,11 @@ pub struct StateConfig {
     /// This node's name in the fleet. Default: the host name.
     #[serde(default)]
     pub node: Option<String>,
+    /// The PostgreSQL password, read from this file (out of the
+    /// configuration and the URL). Without it: `PGPASSWORD`, then the
+    /// URL's own.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
 }
 
 fn default_state_path() -> PathBuf {

@@ -30,6 +30,24 @@ impl<T> fmt::Display for Secret<T> {
     }
 }
 
+/// A password kept in a file of its own (one line; a trailing newline is
+/// not part of it), so that it is in neither the configuration nor a URL.
+/// `key` names the setting in errors.
+pub fn read_password_file(
+    path: &std::path::Path,
+    key: &str,
+) -> Result<Secret<Vec<u8>>, crate::error::ConfigError> {
+    let invalid = |reason: String| crate::error::ConfigError::invalid(key.to_string(), reason);
+    let mut text = std::fs::read(path).map_err(|e| invalid(format!("{}: {e}", path.display())))?;
+    while text.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+        text.pop();
+    }
+    if text.is_empty() {
+        return Err(invalid(format!("{}: the file is empty", path.display())));
+    }
+    Ok(Secret::new(text))
+}
+
 /// A login as the client gave it: the user name and its password.
 #[derive(Clone, Debug)]
 pub struct Credentials {

@@ -355,8 +355,15 @@ async fn open_store(config: &Config) -> Result<Arc<dyn StateStore>, ServerError>
         return Ok(RedbStore::open(&config.state.path)?);
     };
     let node = config.state.node();
+    let password = match &config.state.password_file {
+        Some(path) => Some(crate::secret::read_password_file(
+            path,
+            "state.password_file",
+        )?),
+        None => None,
+    };
     // Connecting and loading wait on the network: off the worker threads.
-    let store = tokio::task::spawn_blocking(move || PgStore::open(&url, &node))
+    let store = tokio::task::spawn_blocking(move || PgStore::open(&url, &node, password))
         .await
         .map_err(|e| crate::error::StoreError::new(format!("opening the store: {e}")))??;
     info!(node = %config.state.node(), "state store: PostgreSQL (fleet mode)");

@@ -412,7 +412,10 @@ fn migrate_store_copies_an_embedded_state_into_postgres_and_back() {
     );
     println!("embedded -> PostgreSQL: {}", text.trim());
     assert!(text.contains("1 schedules"), "{text}");
-    let in_pg = PgStore::open(&pg.url(), "test").unwrap().dump().unwrap();
+    let in_pg = PgStore::open(&pg.url(), "test", None)
+        .unwrap()
+        .dump()
+        .unwrap();
     assert_eq!(
         in_pg, before,
         "the copy in PostgreSQL is the embedded state"
@@ -450,7 +453,10 @@ fn migrate_store_copies_an_embedded_state_into_postgres_and_back() {
         String::from_utf8_lossy(&out.stderr)
     );
     let after = RedbStore::open(&back).unwrap().dump().unwrap();
-    let in_pg = PgStore::open(&pg.url(), "test").unwrap().dump().unwrap();
+    let in_pg = PgStore::open(&pg.url(), "test", None)
+        .unwrap()
+        .dump()
+        .unwrap();
     assert_eq!(after, in_pg);
     assert_eq!(after.audit.len(), before.audit.len() + 1);
 }
@@ -564,4 +570,44 @@ fn a_schedule_due_while_every_node_was_down_runs_when_the_first_comes_back() {
     );
     let (_, m) = api.get(&format!("/api/mailboxes/{}", ALICE.address));
     assert_eq!(m["route"], "new", "{m}");
+}
+
+/// The PostgreSQL password comes from `[state] password_file`, never from
+/// the configuration or the URL; a wrong one stops the node at start with
+/// PostgreSQL's reason, and the password is not in that message.
+#[test]
+fn a_node_logs_in_to_postgres_with_a_password_file() {
+    use common::postgres::ROLE_PASSWORD;
+    let pg = Postgres::start();
+    let world = World::backends_only("");
+    let config = |password: &str| {
+        let file = world
+            .dir
+            .path()
+            .join(format!("pg-{}.secret", password.len()));
+        std::fs::write(&file, format!("{password}\n")).expect("password file");
+        world.fleet_config(&pg.password_url(), "pw").replacen(
+            "node = \"pw\"",
+            &format!("node = \"pw\"\npassword_file = \"{}\"", file.display()),
+            1,
+        )
+    };
+    let node = Ponte::start(&config(ROLE_PASSWORD));
+    let (code, body) = set_mailbox(&Api::new(node.addr("admin")), ALICE.address, "migrated");
+    assert_eq!(code, 200, "{body}");
+    node.stop();
+
+    let wrong = "not-the-Pa55word";
+    let cfg = ponte::config::Config::from_toml(&config(wrong)).expect("config");
+    let err = tokio::runtime::Runtime::new()
+        .expect("runtime")
+        .block_on(ponte::server::Server::bind(cfg))
+        .err()
+        .expect("a wrong password refuses the start")
+        .to_string();
+    assert!(err.contains("password authentication failed"), "{err}");
+    assert!(
+        !err.contains(wrong) && !err.contains(ROLE_PASSWORD),
+        "{err}"
+    );
 }

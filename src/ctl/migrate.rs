@@ -66,7 +66,8 @@ fn is_url(spec: &str) -> bool {
 
 fn open(spec: &str) -> Result<Arc<dyn StateStore>, Failure> {
     if is_url(spec) {
-        let store = PgStore::open(spec, "ponte-ctl-migrate-store").map_err(|e| failed(spec, e))?;
+        let store =
+            PgStore::open(spec, "ponte-ctl-migrate-store", None).map_err(|e| failed(spec, e))?;
         Ok(store)
     } else {
         let store = RedbStore::open(Path::new(spec)).map_err(|e| failed(spec, e))?;

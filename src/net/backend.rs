@@ -16,7 +16,7 @@ use super::health::{Health, Table};
 use super::stream::Stream;
 use crate::config::{BackendConfig, Protocol};
 use crate::error::{BackendError, ConfigError};
-use crate::secret::{Credentials, Secret, SecretKind};
+use crate::secret::{Credentials, SecretKind};
 
 /// Where one protocol of a backend listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -139,24 +139,15 @@ pub fn build(
     Ok(out)
 }
 
-/// The delivery check's master user, its password read from its file (one
-/// line; a trailing newline is not part of it).
+/// The delivery check's master user, its password read from its file.
 fn check_login(name: &str, b: &BackendConfig) -> Result<Option<Credentials>, ConfigError> {
     let (Some(user), Some(path)) = (&b.check_user, &b.check_password_file) else {
         return Ok(None);
     };
-    let key = || format!("backend.{name}.check_password_file");
-    let mut text = std::fs::read(path)
-        .map_err(|e| ConfigError::invalid(key(), format!("{}: {e}", path.display())))?;
-    while text.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
-        text.pop();
-    }
-    if text.is_empty() {
-        return Err(ConfigError::invalid(key(), "the file is empty"));
-    }
+    let key = format!("backend.{name}.check_password_file");
     Ok(Some(Credentials {
         user: user.clone(),
-        password: Secret::new(text),
+        password: crate::secret::read_password_file(path, &key)?,
         authzid: None,
         kind: SecretKind::Password,
     }))

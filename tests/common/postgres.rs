@@ -57,6 +57,10 @@ fn as_postgres(program: &Path) -> Command {
     }
 }
 
+/// A role that logs in with a password only.
+pub const PASSWORD_ROLE: &str = "ponte_pw";
+pub const ROLE_PASSWORD: &str = "Fleet-Pa55word-9f3e";
+
 impl Postgres {
     /// A new cluster, running.
     pub fn start() -> Postgres {
@@ -97,6 +101,15 @@ impl Postgres {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
+        // One role that must give a password (SCRAM), as production would;
+        // everything else trusts loopback. The first matching line wins.
+        let hba = dir.path().join("data").join("pg_hba.conf");
+        let rest = std::fs::read_to_string(&hba).expect("pg_hba.conf");
+        std::fs::write(
+            &hba,
+            format!("host all {PASSWORD_ROLE} 127.0.0.1/32 scram-sha-256\n{rest}"),
+        )
+        .expect("write pg_hba.conf");
         let mut pg = Postgres {
             dir,
             bin,
@@ -104,7 +117,36 @@ impl Postgres {
             child: None,
         };
         pg.start_again();
+        let out = Command::new(pg.bin.join("psql"))
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &pg.port.to_string(),
+                "-U",
+                "postgres",
+            ])
+            .args(["-d", "postgres", "-v", "ON_ERROR_STOP=1", "-c"])
+            .arg(format!(
+                "CREATE ROLE {PASSWORD_ROLE} LOGIN SUPERUSER PASSWORD '{ROLE_PASSWORD}'"
+            ))
+            .output()
+            .expect("run psql");
+        assert!(
+            out.status.success(),
+            "create the password role: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         pg
+    }
+
+    /// `postgres://…` for the role that must give [`ROLE_PASSWORD`] (not
+    /// in the URL).
+    pub fn password_url(&self) -> String {
+        format!(
+            "postgres://{PASSWORD_ROLE}@127.0.0.1:{}/postgres",
+            self.port
+        )
     }
 
     /// `postgres://…` for ponte's `[state] url`.

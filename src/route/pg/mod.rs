@@ -34,6 +34,7 @@ use super::fleet::{Event, Hook, NodeReport, StoreStatus};
 use super::store::{Applied, AuditEntry, Change, DomainRecord, Dump, MailboxRecord, Schedule};
 use super::{rfc3339, StateStore};
 use crate::error::StoreError;
+use crate::secret::Secret;
 
 /// Longest wait for one call to the store's runtime.
 const CALL_TIMEOUT: Duration = Duration::from_secs(15);
@@ -87,8 +88,25 @@ impl PgStore {
     /// and starts listening for other nodes' changes. `node` names this
     /// node in the fleet. Fails if PostgreSQL cannot be reached: a node
     /// with no state loaded cannot route.
-    pub fn open(url: &str, node: &str) -> Result<Arc<PgStore>, StoreError> {
-        let pg = parse_url(url, node)?;
+    /// `password`: from a password file; without one, `PGPASSWORD` (as
+    /// libpq reads it), else the URL's.
+    pub fn open(
+        url: &str,
+        node: &str,
+        password: Option<Secret<Vec<u8>>>,
+    ) -> Result<Arc<PgStore>, StoreError> {
+        let mut pg = parse_url(url, node)?;
+        match password {
+            Some(p) => {
+                pg.password(p.expose());
+            }
+            None if pg.get_password().is_none() => {
+                if let Some(p) = std::env::var_os("PGPASSWORD") {
+                    pg.password(std::os::unix::ffi::OsStrExt::as_bytes(p.as_os_str()));
+                }
+            }
+            None => {}
+        }
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("ponte-pg")
