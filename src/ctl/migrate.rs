@@ -14,7 +14,7 @@ use crate::route::{PgStore, RedbStore, StateStore};
 #[derive(Debug, clap::Args)]
 pub struct MigrateArgs {
     /// Where the state is now: the embedded store's directory
-    /// ([state] path) or postgres://user@host:port/database.
+    /// (state.path) or postgres://user@host:port/database.
     #[arg(long)]
     pub from: String,
     /// Where it goes: postgres://… or a directory.

@@ -1,7 +1,7 @@
 //! `ponte ctl`: the command-line client of the admin API. Every command
-//! becomes one HTTP call ([`plan`]), sent with the token ([`client`]) to the
-//! address found in the configuration ([`target`]); the answer is printed as
-//! an aligned table ([`render`]) or, with `--json`, as the API's JSON.
+//! becomes one HTTP call (`plan`), sent with the token (`client`) to the
+//! address found in the configuration (`target`); the answer is printed as
+//! an aligned table (`render`) or, with `--json`, as the API's JSON.
 //!
 //! Exit codes: 0 success, 1 the API refused, 2 usage or configuration error,
 //! 3 the API cannot be reached.
@@ -31,13 +31,13 @@ pub use token::parse_token;
 /// Global options of `ponte ctl` and the command to run.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Configuration file holding the [admin] address and token file.
+    /// Configuration file holding the admin address and token file.
     #[arg(long, global = true, default_value = "conf/ponte.toml")]
     pub config: PathBuf,
-    /// Admin API address (http://host:port); overrides [admin].bind.
+    /// Admin API address (http://host:port); overrides admin.bind.
     #[arg(long, global = true)]
     pub url: Option<String>,
-    /// File holding the admin token; overrides [admin].token_file.
+    /// File holding the admin token; overrides admin.token_file.
     #[arg(long, global = true)]
     pub token_file: Option<PathBuf>,
     /// Print the API's JSON answer instead of a table.
