@@ -74,6 +74,12 @@ impl Control {
         self.with_spool(move |s, _| Ok(s.list_for(&filter))).await
     }
 
+    /// The `n` oldest queued messages and how many there are in all.
+    pub async fn queue_oldest(&self, n: usize) -> Result<(Vec<Entry>, usize), ControlError> {
+        self.with_spool(move |s, _| Ok(s.first(&Filter::All, n)))
+            .await
+    }
+
     /// One message's envelope and headers.
     pub async fn queue_show(&self, id: SpoolId) -> Result<Shown, ControlError> {
         self.with_spool(move |s, _| {

@@ -248,22 +248,35 @@ impl Spool {
 
     /// The messages `filter` matches, in arrival order.
     pub fn list_for(&self, filter: &Filter) -> Vec<Entry> {
+        self.first(filter, usize::MAX).0
+    }
+
+    /// The first `n` messages `filter` matches, in arrival order, and how
+    /// many match in all: only those `n` envelopes are copied (a page of
+    /// a large queue).
+    pub fn first(&self, filter: &Filter, n: usize) -> (Vec<Entry>, usize) {
         // Clone the slot handles first: never hold the index lock while
         // taking a slot's (remove takes them the other way round).
         let slots: Vec<(SpoolId, SlotRef)> = lock(&self.index)
             .iter()
             .map(|(id, s)| (*id, Arc::clone(s)))
             .collect();
-        slots
-            .into_iter()
-            .filter_map(|(id, slot)| {
-                let slot = lock(&slot);
-                (!slot.gone && filter.matches(&slot.env)).then(|| Entry {
+        let mut shown = Vec::new();
+        let mut matched = 0;
+        for (id, slot) in slots {
+            let slot = lock(&slot);
+            if slot.gone || !filter.matches(&slot.env) {
+                continue;
+            }
+            matched += 1;
+            if shown.len() < n {
+                shown.push(Entry {
                     id,
                     envelope: slot.env.clone(),
-                })
-            })
-            .collect()
+                });
+            }
+        }
+        (shown, matched)
     }
 
     /// A message's envelope and data. The data is read from its file, at

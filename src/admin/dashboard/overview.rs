@@ -10,7 +10,7 @@ use crate::control::{Control, ControlError};
 use crate::net::health;
 use crate::registry::Entry;
 use crate::route::{now_unix, AuditEntry, MailboxState, Schedule};
-use crate::spool::{self, Filter, Stats};
+use crate::spool::{self, Stats};
 
 /// States in the order the page lists them.
 pub const STATES: [MailboxState; 4] = [
@@ -65,9 +65,7 @@ impl Overview {
             .map_err(|e| ControlError::Task(e.to_string()))??;
         let queue = match control.queue_stats().await {
             Ok(stats) => {
-                let all = control.queue_list(Filter::All).await?;
-                let listed_of = all.len();
-                let oldest = all.into_iter().take(MESSAGES_SHOWN).collect();
+                let (oldest, listed_of) = control.queue_oldest(MESSAGES_SHOWN).await?;
                 Some(Queue {
                     stats,
                     oldest,
