@@ -535,6 +535,9 @@ impl Running {
         .map_err(|e| format!("reload task: {e}"))?
         .map_err(|e| e.to_string())?;
         let keep: Vec<String> = ctx.listeners.keys().cloned().collect();
+        // The new limits, over the counters kept so far.
+        ctx.throttle
+            .set_policy(Policy::from_limits(&ctx.config.limits));
         self.current.store(Arc::new(ctx));
         for (name, (_, stop)) in &self.loops {
             let moved = bound.iter().any(|(n, _)| n == name);

@@ -20,9 +20,10 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use tokio::time::Instant;
 
 /// The policy, from `[limits]`.
@@ -99,24 +100,31 @@ struct Tables {
 }
 
 pub struct Throttle {
-    policy: Policy,
+    /// Swapped by a reload; the counters stay (an attacker's score does
+    /// not reset because an admin tuned the limits).
+    policy: ArcSwap<Policy>,
     tables: Mutex<Tables>,
 }
 
 impl Throttle {
     pub fn new(policy: Policy) -> Throttle {
         Throttle {
-            policy,
+            policy: ArcSwap::from_pointee(policy),
             tables: Mutex::new(Tables::default()),
         }
     }
 
-    pub fn policy(&self) -> &Policy {
-        &self.policy
+    pub fn policy(&self) -> Arc<Policy> {
+        self.policy.load_full()
+    }
+
+    /// The `[limits]` of a reloaded configuration.
+    pub fn set_policy(&self, policy: Policy) {
+        self.policy.store(Arc::new(policy));
     }
 
     fn half_life(&self) -> Duration {
-        self.policy.window / 2
+        self.policy.load().window / 2
     }
 
     /// The gate for a login to `account` (lower case) from `ip`.
@@ -124,6 +132,7 @@ impl Throttle {
         let now = Instant::now();
         let hl = self.half_life();
         let t = self.tables.lock().unwrap_or_else(|e| e.into_inner());
+        let policy = self.policy.load();
         let by_ip = t.addresses.get(&ip).map_or(0.0, |s| s.now(now, hl));
         let known = t.known.contains_key(&(account.to_string(), ip));
         let by_account = if known {
@@ -131,32 +140,20 @@ impl Throttle {
         } else {
             t.accounts.get(account).map_or(0.0, |s| s.now(now, hl))
         };
-        if by_ip >= self.policy.refuse_after || by_account >= self.policy.account_refuse_after {
+        if by_ip >= policy.refuse_after || by_account >= policy.account_refuse_after {
             return Gate::Refuse;
         }
-        let over = (by_ip.max(by_account) - self.policy.delay_after).max(0.0);
+        let over = (by_ip.max(by_account) - policy.delay_after).max(0.0);
         Gate::Try {
-            delay_on_failure: self.delay(over),
+            delay_on_failure: delay(&policy, over),
         }
-    }
-
-    /// The base delay doubled per failure over the threshold, capped.
-    fn delay(&self, over: f64) -> Duration {
-        if over <= 0.0 {
-            return Duration::ZERO;
-        }
-        let factor = 2f64.powf(over.min(30.0) - 1.0);
-        self.policy
-            .base_delay
-            .mul_f64(factor)
-            .min(self.policy.max_delay)
     }
 
     /// Counts a failed login (wrong password, unknown domain or user).
     pub fn failed(&self, ip: IpAddr, account: &str) {
         let now = Instant::now();
         let hl = self.half_life();
-        let max = self.policy.max_entries;
+        let max = self.policy.load().max_entries;
         let mut t = self.tables.lock().unwrap_or_else(|e| e.into_inner());
         bump(&mut t.addresses, ip, now, hl, max);
         bump(&mut t.accounts, account.to_string(), now, hl, max);
@@ -165,7 +162,7 @@ impl Throttle {
     /// Counts a successful login: this address is known for the account.
     pub fn succeeded(&self, ip: IpAddr, account: &str) {
         let now = Instant::now();
-        let max = self.policy.max_entries;
+        let max = self.policy.load().max_entries;
         let mut t = self.tables.lock().unwrap_or_else(|e| e.into_inner());
         if t.known.len() >= max {
             // Forget the oldest half: a forgotten pair only loses its
@@ -183,6 +180,15 @@ impl Throttle {
         let t = self.tables.lock().unwrap_or_else(|e| e.into_inner());
         (t.addresses.len(), t.accounts.len())
     }
+}
+
+/// The base delay doubled per failure over the threshold, capped.
+fn delay(policy: &Policy, over: f64) -> Duration {
+    if over <= 0.0 {
+        return Duration::ZERO;
+    }
+    let factor = 2f64.powf(over.min(30.0) - 1.0);
+    policy.base_delay.mul_f64(factor).min(policy.max_delay)
 }
 
 /// Adds one failure to `key`'s decayed score, making room first if full.
@@ -224,6 +230,21 @@ mod tests {
     }
 
     const ATTACKER: &str = "192.0.2.66";
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reloaded_policy_applies_to_the_scores_kept() {
+        let t = Throttle::new(policy());
+        let ip: IpAddr = ATTACKER.parse().unwrap();
+        for _ in 0..5 {
+            t.failed(ip, "a@pec.example");
+        }
+        assert!(matches!(t.check(ip, "a@pec.example"), Gate::Try { .. }));
+        t.set_policy(Policy {
+            refuse_after: 4.0,
+            ..policy()
+        });
+        assert!(matches!(t.check(ip, "a@pec.example"), Gate::Refuse));
+    }
 
     #[tokio::test(start_paused = true)]
     async fn failures_from_one_address_are_delayed_then_refused_and_fade() {
