@@ -1,7 +1,8 @@
 //! What every protocol does between the client's credentials and its own
-//! backend login: route the login, say what is refused and why, list the
-//! session so that a flip can reach it, count the outcome. The protocols
-//! only phrase the answers in their own words.
+//! backend login: the pre-auth login loop (greet, throttle the attempts,
+//! close after too many failures), route the login, say what is refused
+//! and why, list the session so that a flip can reach it, count the
+//! outcome. The protocols only phrase the answers in their own words.
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -21,6 +22,87 @@ pub enum Denied {
     UnknownDomain,
     /// The state store failed: a temporary error.
     Unavailable,
+}
+
+/// What the client is told when a login does not go through.
+pub(super) enum Refusal {
+    /// Send this reply and let the client try again.
+    Retry(String),
+    /// Same, but it counts as a failed authentication.
+    Failed(String),
+}
+
+/// A protocol's pre-auth front, as the login loop drives it.
+pub(super) trait Front {
+    /// A login the client asked for.
+    type Attempt;
+    /// A login that succeeded at a backend: what the session goes on with.
+    type Session;
+    /// Why the pre-auth phase ended without a login.
+    type Error;
+
+    async fn greet(&mut self) -> Result<(), Self::Error>;
+
+    /// Serves commands until the client asks to log in (`Some`) or leaves
+    /// (`None`).
+    async fn next_login(&mut self) -> Result<Option<Self::Attempt>, Self::Error>;
+
+    /// The user name the throttle counts the attempt under.
+    fn user(attempt: &Self::Attempt) -> &str;
+
+    /// The reply to an attempt the throttle refuses.
+    fn throttled(attempt: &Self::Attempt) -> Refusal;
+
+    /// Routes the attempt and logs in at the backend its route names.
+    async fn try_login(
+        &self,
+        attempt: Self::Attempt,
+        conn: &ConnInfo,
+        ctx: &Ctx,
+    ) -> Result<Self::Session, Refusal>;
+
+    async fn write(&mut self, bytes: &[u8]) -> Result<(), Self::Error>;
+
+    /// Says the protocol's goodbye after too many failed logins; what it
+    /// returns is the error the session ends with.
+    async fn too_many_failures(&mut self) -> Self::Error;
+}
+
+/// Serves pre-auth commands until a login succeeds at a backend (`Some`)
+/// or the client leaves (`None`).
+pub(super) async fn authenticate<F: Front>(
+    front: &mut F,
+    conn: &ConnInfo,
+    ctx: &Ctx,
+) -> Result<Option<F::Session>, F::Error> {
+    front.greet().await?;
+    let mut failures = 0;
+    loop {
+        let Some(attempt) = front.next_login().await? else {
+            return Ok(None);
+        };
+        let user = F::user(&attempt).to_string();
+        let refused = F::throttled(&attempt);
+        let login = throttled(
+            &user,
+            conn,
+            ctx,
+            || refused,
+            front.try_login(attempt, conn, ctx),
+            |r| matches!(r, Refusal::Failed(_)),
+        );
+        match login.await {
+            Ok(session) => return Ok(Some(session)),
+            Err(Refusal::Retry(text)) => front.write(text.as_bytes()).await?,
+            Err(Refusal::Failed(text)) => {
+                failures += 1;
+                front.write(text.as_bytes()).await?;
+                if failures >= ctx.config.limits.max_auth_failures {
+                    return Err(front.too_many_failures().await);
+                }
+            }
+        }
+    }
 }
 
 /// Too many failed logins from this address or for this account: refused
@@ -61,7 +143,7 @@ fn gate<'a>(user: &str, conn: &ConnInfo, ctx: &'a Ctx) -> Result<Ticket<'a>, Thr
 /// with `throttled()` if the address or account is over its limit; a
 /// failure (`is_failure`) is recorded and answered after the throttle's
 /// delay, a success clears the way for this address.
-pub async fn throttled<T, E>(
+async fn throttled<T, E>(
     user: &str,
     conn: &ConnInfo,
     ctx: &Ctx,
