@@ -5,11 +5,16 @@
 //! outcome. The protocols only phrase the answers in their own words.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
+use tokio_rustls::rustls::ServerConfig;
 use tracing::{info, warn};
 
+use crate::config::TlsMode;
+use crate::net::stream::Stream;
 use crate::net::throttle::Gate;
+use crate::net::tls::Handshake;
 
 use crate::registry::{Info, Registration};
 use crate::route::{normalize, Route, RouteError, Target};
@@ -309,5 +314,55 @@ pub async fn client_bytes<T>(
             Ok(v) => Waited::Read(v),
             Err(_) => Waited::Timeout,
         },
+    }
+}
+
+/// Why a pre-auth front ended without a login.
+#[derive(Debug, thiserror::Error)]
+pub enum FrontError {
+    #[error("client closed the connection")]
+    Closed,
+    #[error("pre-auth timeout")]
+    Timeout,
+    #[error("pre-auth byte budget exceeded")]
+    TooMuch,
+    #[error("server shutting down")]
+    Shutdown,
+    #[error("line too long")]
+    LineTooLong,
+    #[error("protocol: {0}")]
+    Protocol(&'static str),
+    #[error("TLS handshake: {0}")]
+    Tls(std::io::Error),
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// How the listener wants TLS handled.
+pub struct TlsPolicy {
+    pub mode: TlsMode,
+    pub config: Option<Arc<ServerConfig>>,
+}
+
+/// Turns a front's plain connection into TLS once its STARTTLS reply is
+/// out, under the pre-auth deadline. The front drops what the client
+/// pipelined behind the command itself: it came in clear text.
+pub async fn start_tls(
+    stream: &mut Option<Stream>,
+    config: Arc<ServerConfig>,
+    deadline: tokio::time::Instant,
+) -> Result<(), FrontError> {
+    // Only a failed handshake leaves a front without a stream.
+    let tcp = stream
+        .take()
+        .and_then(Stream::into_plain)
+        .ok_or(FrontError::Closed)?;
+    match crate::net::tls::accept(config, tcp, deadline).await {
+        Ok(tls) => {
+            *stream = Some(tls);
+            Ok(())
+        }
+        Err(Handshake::Failed(e)) => Err(FrontError::Tls(e)),
+        Err(Handshake::TimedOut) => Err(FrontError::Timeout),
     }
 }

@@ -24,11 +24,11 @@ use tracing::{debug, info, warn};
 
 use self::backend::{ClientInfo, Login};
 use self::boundary::ResponseBoundary;
-use self::preauth::{Attempt, Front, FrontError, TlsPolicy};
+use self::preauth::{Attempt, Front};
 use self::readonly::Filter;
 use crate::net::bridge::{self, End, Stops};
 use crate::net::stream::Stream;
-use crate::proto::login::{self, one_line, Denied, Refusal};
+use crate::proto::login::{self, one_line, Denied, FrontError, Refusal, TlsPolicy};
 use crate::proto::Outcome;
 use crate::registry::Registration;
 use crate::route::{Route, Target};

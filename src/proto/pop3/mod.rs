@@ -16,10 +16,12 @@ use self::backend::Login;
 use self::front::AUTH_FAILED;
 // For the fuzz target: the pre-auth front end, driven over loopback TCP.
 #[doc(hidden)]
-pub use self::front::{Front, FrontError, TlsPolicy};
+pub use self::front::Front;
 use crate::net::bridge::{self, Boundary, End, Stops};
 use crate::net::stream::Stream;
 use crate::proto::login::{self, one_line, Denied, Refusal};
+#[doc(hidden)]
+pub use crate::proto::login::{FrontError, TlsPolicy};
 use crate::proto::Outcome;
 use crate::registry::Registration;
 use crate::route::{Route, Target};

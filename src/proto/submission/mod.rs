@@ -18,10 +18,10 @@ use self::boundary::ReplyBoundary;
 // For the fuzz target: SASL response decoding before login.
 #[doc(hidden)]
 pub use self::preauth::{decode_response, Sasl};
-use self::preauth::{Attempt, Front, FrontError, TlsPolicy, CREDENTIALS_INVALID};
+use self::preauth::{Attempt, Front, CREDENTIALS_INVALID};
 use crate::net::bridge::{self, Boundary, End, Stops};
 use crate::net::stream::Stream;
-use crate::proto::login::{self, one_line, Denied, Refusal};
+use crate::proto::login::{self, one_line, Denied, FrontError, Refusal, TlsPolicy};
 use crate::proto::Outcome;
 use crate::registry::Registration;
 use crate::route::{Route, Target};
