@@ -3,11 +3,15 @@
 //! close after too many failures), route the login, say what is refused
 //! and why, list the session so that a flip can reach it, count the
 //! outcome. The protocols only phrase the answers in their own words.
+//! Also what their pre-auth fronts share: the error they end with, the
+//! TLS policy and STARTTLS upgrade, and reads and writes bounded by the
+//! pre-auth deadline.
 
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::io::AsyncWriteExt;
 use tokio_rustls::rustls::ServerConfig;
 use tracing::{info, warn};
 
@@ -43,14 +47,12 @@ pub(super) trait Front {
     type Attempt;
     /// A login that succeeded at a backend: what the session goes on with.
     type Session;
-    /// Why the pre-auth phase ended without a login.
-    type Error;
 
-    async fn greet(&mut self) -> Result<(), Self::Error>;
+    async fn greet(&mut self) -> Result<(), FrontError>;
 
     /// Serves commands until the client asks to log in (`Some`) or leaves
     /// (`None`).
-    async fn next_login(&mut self) -> Result<Option<Self::Attempt>, Self::Error>;
+    async fn next_login(&mut self) -> Result<Option<Self::Attempt>, FrontError>;
 
     /// The user name the throttle counts the attempt under.
     fn user(attempt: &Self::Attempt) -> &str;
@@ -66,11 +68,11 @@ pub(super) trait Front {
         ctx: &Ctx,
     ) -> Result<Self::Session, Refusal>;
 
-    async fn write(&mut self, bytes: &[u8]) -> Result<(), Self::Error>;
+    async fn write(&mut self, bytes: &[u8]) -> Result<(), FrontError>;
 
     /// Says the protocol's goodbye after too many failed logins; what it
     /// returns is the error the session ends with.
-    async fn too_many_failures(&mut self) -> Self::Error;
+    async fn too_many_failures(&mut self) -> FrontError;
 }
 
 /// Serves pre-auth commands until a login succeeds at a backend (`Some`)
@@ -79,7 +81,7 @@ pub(super) async fn authenticate<F: Front>(
     front: &mut F,
     conn: &ConnInfo,
     ctx: &Ctx,
-) -> Result<Option<F::Session>, F::Error> {
+) -> Result<Option<F::Session>, FrontError> {
     front.greet().await?;
     let mut failures = 0;
     loop {
@@ -352,7 +354,6 @@ pub async fn start_tls(
     config: Arc<ServerConfig>,
     deadline: tokio::time::Instant,
 ) -> Result<(), FrontError> {
-    // Only a failed handshake leaves a front without a stream.
     let tcp = stream
         .take()
         .and_then(Stream::into_plain)
@@ -364,5 +365,24 @@ pub async fn start_tls(
         }
         Err(Handshake::Failed(e)) => Err(FrontError::Tls(e)),
         Err(Handshake::TimedOut) => Err(FrontError::Timeout),
+    }
+}
+
+/// Writes a front's reply and flushes it, under the pre-auth deadline.
+pub async fn write(
+    stream: Option<&mut Stream>,
+    deadline: tokio::time::Instant,
+    bytes: &[u8],
+) -> Result<(), FrontError> {
+    // Only a failed STARTTLS handshake leaves a front without a stream,
+    // and that ends the session.
+    let stream = stream.ok_or(FrontError::Closed)?;
+    let write = async {
+        stream.write_all(bytes).await?;
+        stream.flush().await
+    };
+    match tokio::time::timeout_at(deadline, write).await {
+        Ok(r) => Ok(r?),
+        Err(_) => Err(FrontError::Timeout),
     }
 }

@@ -11,7 +11,6 @@ use imap_codec::imap_types::auth::{AuthMechanism, AuthenticateData};
 use imap_codec::imap_types::command::CommandBody;
 use imap_codec::imap_types::core::LiteralMode;
 use imap_codec::{AuthenticateDataCodec, CommandCodec};
-use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -69,12 +68,6 @@ impl Front {
         }
     }
 
-    /// Only a failed STARTTLS handshake leaves the front without a stream,
-    /// and that ends the session.
-    fn stream(&mut self) -> Result<&mut Stream, FrontError> {
-        self.stream.as_mut().ok_or(FrontError::Closed)
-    }
-
     fn is_tls(&self) -> bool {
         self.stream.as_ref().is_some_and(Stream::is_tls)
     }
@@ -104,17 +97,7 @@ impl Front {
     }
 
     pub async fn write(&mut self, bytes: &[u8]) -> Result<(), FrontError> {
-        let deadline = self.deadline;
-        let stream = self.stream()?;
-        match tokio::time::timeout_at(deadline, async {
-            stream.write_all(bytes).await?;
-            stream.flush().await
-        })
-        .await
-        {
-            Ok(r) => Ok(r?),
-            Err(_) => Err(FrontError::Timeout),
-        }
+        login::write(self.stream.as_mut(), self.deadline, bytes).await
     }
 
     /// Serves commands until the client asks to log in (`Some`) or leaves
@@ -485,7 +468,7 @@ pub fn b64(data: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::AsyncReadExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::{TcpListener, TcpStream};
 
     /// Found by the `imap_preauth` fuzz target: a SASL response line over

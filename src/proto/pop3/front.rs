@@ -8,7 +8,7 @@
 //! and space-separated arguments (RFC 1939 §3).
 
 use base64::Engine;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -70,16 +70,7 @@ impl Front {
     }
 
     pub async fn write(&mut self, bytes: &[u8]) -> Result<(), FrontError> {
-        let deadline = self.deadline;
-        let stream = self.stream.as_mut().ok_or(FrontError::Closed)?;
-        let write = async {
-            stream.write_all(bytes).await?;
-            stream.flush().await
-        };
-        match tokio::time::timeout_at(deadline, write).await {
-            Ok(r) => Ok(r?),
-            Err(_) => Err(FrontError::Timeout),
-        }
+        login::write(self.stream.as_mut(), self.deadline, bytes).await
     }
 
     /// Serves commands until the client gives credentials (`Some`) or quits.

@@ -73,7 +73,6 @@ pub async fn serve(stream: Stream, conn: &ConnInfo, ctx: &Ctx) -> Outcome {
 impl login::Front for Front {
     type Attempt = Credentials;
     type Session = Session;
-    type Error = FrontError;
 
     async fn greet(&mut self) -> Result<(), FrontError> {
         // The front's own methods: inherent ones come first.

@@ -110,16 +110,7 @@ impl Front {
     }
 
     pub async fn write(&mut self, bytes: &[u8]) -> Result<(), FrontError> {
-        let deadline = self.deadline;
-        let stream = self.stream.as_mut().ok_or(FrontError::Closed)?;
-        let write = async {
-            stream.write_all(bytes).await?;
-            stream.flush().await
-        };
-        match tokio::time::timeout_at(deadline, write).await {
-            Ok(r) => Ok(r?),
-            Err(_) => Err(FrontError::Timeout),
-        }
+        login::write(self.stream.as_mut(), self.deadline, bytes).await
     }
 
     /// A last reply before the close: best effort, briefly.
