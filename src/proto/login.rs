@@ -1,14 +1,24 @@
 //! What every protocol does between the client's credentials and its own
-//! backend login: route the login, say what is refused and why, list the
-//! session so that a flip can reach it, count the outcome. The protocols
-//! only phrase the answers in their own words.
+//! backend login: the pre-auth login loop (greet, throttle the attempts,
+//! close after too many failures), route the login, say what is refused
+//! and why, list the session so that a flip can reach it, count the
+//! outcome. The protocols only phrase the answers in their own words.
+//! Also what their pre-auth fronts share: the error they end with, the
+//! TLS policy and STARTTLS upgrade, and reads and writes bounded by the
+//! pre-auth deadline.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::io::AsyncWriteExt;
+use tokio_rustls::rustls::ServerConfig;
 use tracing::{info, warn};
 
+use crate::config::TlsMode;
+use crate::net::stream::Stream;
 use crate::net::throttle::Gate;
+use crate::net::tls::Handshake;
 
 use crate::registry::{Info, Registration};
 use crate::route::{normalize, Route, RouteError, Target};
@@ -21,6 +31,85 @@ pub enum Denied {
     UnknownDomain,
     /// The state store failed: a temporary error.
     Unavailable,
+}
+
+/// What the client is told when a login does not go through.
+pub(super) enum Refusal {
+    /// Send this reply and let the client try again.
+    Retry(String),
+    /// Same, but it counts as a failed authentication.
+    Failed(String),
+}
+
+/// A protocol's pre-auth front, as the login loop drives it.
+pub(super) trait Front {
+    /// A login the client asked for.
+    type Attempt;
+    /// A login that succeeded at a backend: what the session goes on with.
+    type Session;
+
+    async fn greet(&mut self) -> Result<(), FrontError>;
+
+    /// Serves commands until the client asks to log in (`Some`) or leaves
+    /// (`None`).
+    async fn next_login(&mut self) -> Result<Option<Self::Attempt>, FrontError>;
+
+    /// The user name the throttle counts the attempt under.
+    fn user(attempt: &Self::Attempt) -> &str;
+
+    /// The reply to an attempt the throttle refuses.
+    fn throttled(attempt: &Self::Attempt) -> Refusal;
+
+    /// Routes the attempt and logs in at the backend its route names.
+    async fn try_login(
+        &self,
+        attempt: Self::Attempt,
+        conn: &ConnInfo,
+        ctx: &Ctx,
+    ) -> Result<Self::Session, Refusal>;
+
+    async fn write(&mut self, bytes: &[u8]) -> Result<(), FrontError>;
+
+    /// Says the protocol's goodbye after too many failed logins; what it
+    /// returns is the error the session ends with.
+    async fn too_many_failures(&mut self) -> FrontError;
+}
+
+/// Serves pre-auth commands until a login succeeds at a backend (`Some`)
+/// or the client leaves (`None`).
+pub(super) async fn authenticate<F: Front>(
+    front: &mut F,
+    conn: &ConnInfo,
+    ctx: &Ctx,
+) -> Result<Option<F::Session>, FrontError> {
+    front.greet().await?;
+    let mut failures = 0;
+    loop {
+        let Some(attempt) = front.next_login().await? else {
+            return Ok(None);
+        };
+        let user = F::user(&attempt).to_string();
+        let refused = F::throttled(&attempt);
+        let login = throttled(
+            &user,
+            conn,
+            ctx,
+            || refused,
+            front.try_login(attempt, conn, ctx),
+            |r| matches!(r, Refusal::Failed(_)),
+        );
+        match login.await {
+            Ok(session) => return Ok(Some(session)),
+            Err(Refusal::Retry(text)) => front.write(text.as_bytes()).await?,
+            Err(Refusal::Failed(text)) => {
+                failures += 1;
+                front.write(text.as_bytes()).await?;
+                if failures >= ctx.config.limits.max_auth_failures {
+                    return Err(front.too_many_failures().await);
+                }
+            }
+        }
+    }
 }
 
 /// Too many failed logins from this address or for this account: refused
@@ -61,7 +150,7 @@ fn gate<'a>(user: &str, conn: &ConnInfo, ctx: &'a Ctx) -> Result<Ticket<'a>, Thr
 /// with `throttled()` if the address or account is over its limit; a
 /// failure (`is_failure`) is recorded and answered after the throttle's
 /// delay, a success clears the way for this address.
-pub async fn throttled<T, E>(
+async fn throttled<T, E>(
     user: &str,
     conn: &ConnInfo,
     ctx: &Ctx,
@@ -227,5 +316,73 @@ pub async fn client_bytes<T>(
             Ok(v) => Waited::Read(v),
             Err(_) => Waited::Timeout,
         },
+    }
+}
+
+/// Why a pre-auth front ended without a login.
+#[derive(Debug, thiserror::Error)]
+pub enum FrontError {
+    #[error("client closed the connection")]
+    Closed,
+    #[error("pre-auth timeout")]
+    Timeout,
+    #[error("pre-auth byte budget exceeded")]
+    TooMuch,
+    #[error("server shutting down")]
+    Shutdown,
+    #[error("line too long")]
+    LineTooLong,
+    #[error("protocol: {0}")]
+    Protocol(&'static str),
+    #[error("TLS handshake: {0}")]
+    Tls(std::io::Error),
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// How the listener wants TLS handled.
+pub struct TlsPolicy {
+    pub mode: TlsMode,
+    pub config: Option<Arc<ServerConfig>>,
+}
+
+/// Turns a front's plain connection into TLS once its STARTTLS reply is
+/// out, under the pre-auth deadline. The front drops what the client
+/// pipelined behind the command itself: it came in clear text.
+pub async fn start_tls(
+    stream: &mut Option<Stream>,
+    config: Arc<ServerConfig>,
+    deadline: tokio::time::Instant,
+) -> Result<(), FrontError> {
+    let tcp = stream
+        .take()
+        .and_then(Stream::into_plain)
+        .ok_or(FrontError::Closed)?;
+    match crate::net::tls::accept(config, tcp, deadline).await {
+        Ok(tls) => {
+            *stream = Some(tls);
+            Ok(())
+        }
+        Err(Handshake::Failed(e)) => Err(FrontError::Tls(e)),
+        Err(Handshake::TimedOut) => Err(FrontError::Timeout),
+    }
+}
+
+/// Writes a front's reply and flushes it, under the pre-auth deadline.
+pub async fn write(
+    stream: Option<&mut Stream>,
+    deadline: tokio::time::Instant,
+    bytes: &[u8],
+) -> Result<(), FrontError> {
+    // Only a failed STARTTLS handshake leaves a front without a stream,
+    // and that ends the session.
+    let stream = stream.ok_or(FrontError::Closed)?;
+    let write = async {
+        stream.write_all(bytes).await?;
+        stream.flush().await
+    };
+    match tokio::time::timeout_at(deadline, write).await {
+        Ok(r) => Ok(r?),
+        Err(_) => Err(FrontError::Timeout),
     }
 }

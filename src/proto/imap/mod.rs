@@ -24,11 +24,11 @@ use tracing::{debug, info, warn};
 
 use self::backend::{ClientInfo, Login};
 use self::boundary::ResponseBoundary;
-use self::preauth::{Attempt, Front, FrontError, TlsPolicy};
+use self::preauth::{Attempt, Front};
 use self::readonly::Filter;
 use crate::net::bridge::{self, End, Stops};
 use crate::net::stream::Stream;
-use crate::proto::login::{self, one_line, Denied};
+use crate::proto::login::{self, one_line, Denied, FrontError, Refusal, TlsPolicy};
 use crate::proto::Outcome;
 use crate::registry::Registration;
 use crate::route::{Route, Target};
@@ -36,7 +36,7 @@ use crate::secret::Credentials;
 use crate::server::{ConnInfo, Ctx};
 
 /// A login that succeeded at the backend: what the bridge needs.
-struct Session {
+pub(super) struct Session {
     route: Route,
     /// Listed from routing on, so that a flip during the backend login
     /// still reaches this session.
@@ -47,14 +47,6 @@ struct Session {
     hello: Vec<u8>,
     /// For a read-only route: the command filter the session goes through.
     filter: Option<Filter>,
-}
-
-/// What the client is told when a login does not go through.
-enum Refusal {
-    /// Send this tagged reply and let the client try again.
-    Retry(String),
-    /// Same, but it counts as a failed authentication.
-    Failed(String),
 }
 
 pub async fn serve(stream: Stream, conn: &ConnInfo, ctx: &Ctx) -> Outcome {
@@ -71,7 +63,7 @@ pub async fn serve(stream: Stream, conn: &ConnInfo, ctx: &Ctx) -> Outcome {
     // Boxed: the login phase's state (parsers, backend login) is several
     // KiB; on the heap it is freed once logged in, instead of sizing the
     // task of every idle session for it.
-    let session = match Box::pin(authenticate(&mut front, conn, ctx)).await {
+    let session = match Box::pin(login::authenticate(&mut front, conn, ctx)).await {
         Ok(Some(s)) => s,
         Ok(None) => return Outcome::NoLogin("logout".into()),
         Err(e) => return Outcome::NoLogin(e.to_string()),
@@ -82,42 +74,43 @@ pub async fn serve(stream: Stream, conn: &ConnInfo, ctx: &Ctx) -> Outcome {
     splice(client, client_rest, session, conn, ctx).await
 }
 
-/// Serves pre-auth commands until a login succeeds at a backend.
-async fn authenticate(
-    front: &mut Front,
-    conn: &ConnInfo,
-    ctx: &Ctx,
-) -> Result<Option<Session>, FrontError> {
-    front.greet().await?;
-    let mut failures = 0;
-    loop {
-        let Some(attempt) = front.next_login().await? else {
-            return Ok(None);
-        };
-        let user = attempt.creds.user.clone();
-        let tag = attempt.tag.clone();
-        let login = login::throttled(
-            &user,
-            conn,
-            ctx,
-            || Refusal::Failed(format!("{tag} {THROTTLED}")),
-            try_login(attempt, front, conn, ctx),
-            |r| matches!(r, Refusal::Failed(_)),
-        );
-        match login.await {
-            Ok(session) => return Ok(Some(session)),
-            Err(Refusal::Retry(text)) => front.write(text.as_bytes()).await?,
-            Err(Refusal::Failed(text)) => {
-                failures += 1;
-                front.write(text.as_bytes()).await?;
-                if failures >= ctx.config.limits.max_auth_failures {
-                    front
-                        .write(b"* BYE Too many authentication failures.\r\n")
-                        .await?;
-                    return Err(FrontError::Closed);
-                }
-            }
-        }
+impl login::Front for Front {
+    type Attempt = Attempt;
+    type Session = Session;
+
+    async fn greet(&mut self) -> Result<(), FrontError> {
+        // The front's own methods: inherent ones come first.
+        self.greet().await
+    }
+
+    async fn next_login(&mut self) -> Result<Option<Attempt>, FrontError> {
+        self.next_login().await
+    }
+
+    fn user(attempt: &Attempt) -> &str {
+        &attempt.creds.user
+    }
+
+    fn throttled(attempt: &Attempt) -> Refusal {
+        Refusal::Failed(format!("{} {THROTTLED}", attempt.tag))
+    }
+
+    async fn try_login(
+        &self,
+        attempt: Attempt,
+        conn: &ConnInfo,
+        ctx: &Ctx,
+    ) -> Result<Session, Refusal> {
+        try_login(attempt, self, conn, ctx).await
+    }
+
+    async fn write(&mut self, bytes: &[u8]) -> Result<(), FrontError> {
+        self.write(bytes).await
+    }
+
+    async fn too_many_failures(&mut self) -> FrontError {
+        let bye = self.write(b"* BYE Too many authentication failures.\r\n");
+        bye.await.err().unwrap_or(FrontError::Closed)
     }
 }
 

@@ -5,42 +5,21 @@
 //! deadline and one byte budget. It yields login attempts; the session
 //! decides whether they succeed.
 
-use std::sync::Arc;
-
 use base64::Engine;
 use imap_codec::fragmentizer::DecodeMessageError;
 use imap_codec::imap_types::auth::{AuthMechanism, AuthenticateData};
 use imap_codec::imap_types::command::CommandBody;
 use imap_codec::imap_types::core::LiteralMode;
 use imap_codec::{AuthenticateDataCodec, CommandCodec};
-use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
-use tokio_rustls::rustls::ServerConfig;
 use tokio_util::sync::CancellationToken;
 
 use super::framer::{Frame, Framer};
 use crate::config::TlsMode;
 use crate::net::stream::Stream;
-use crate::proto::login::{self, Waited};
+use crate::proto::login::{self, FrontError, TlsPolicy, Waited};
 use crate::proto::sasl::{self, Mechanism};
 use crate::secret::Credentials;
-
-/// Why the pre-auth phase ended without a login.
-#[derive(Debug, thiserror::Error)]
-pub enum FrontError {
-    #[error("client closed the connection")]
-    Closed,
-    #[error("pre-auth timeout")]
-    Timeout,
-    #[error("pre-auth byte budget exceeded")]
-    TooMuch,
-    #[error("server shutting down")]
-    Shutdown,
-    #[error("TLS handshake: {0}")]
-    Tls(std::io::Error),
-    #[error("i/o: {0}")]
-    Io(#[from] std::io::Error),
-}
 
 /// A login the client asked for, with the tag to answer it under.
 #[derive(Debug)]
@@ -54,12 +33,6 @@ enum Step {
     Continue,
     Login(Attempt),
     Logout,
-}
-
-/// How the listener wants TLS handled.
-pub struct TlsPolicy {
-    pub mode: TlsMode,
-    pub config: Option<Arc<ServerConfig>>,
 }
 
 pub struct Front {
@@ -95,12 +68,6 @@ impl Front {
         }
     }
 
-    /// Only a failed STARTTLS handshake leaves the front without a stream,
-    /// and that ends the session.
-    fn stream(&mut self) -> Result<&mut Stream, FrontError> {
-        self.stream.as_mut().ok_or(FrontError::Closed)
-    }
-
     fn is_tls(&self) -> bool {
         self.stream.as_ref().is_some_and(Stream::is_tls)
     }
@@ -130,17 +97,7 @@ impl Front {
     }
 
     pub async fn write(&mut self, bytes: &[u8]) -> Result<(), FrontError> {
-        let deadline = self.deadline;
-        let stream = self.stream()?;
-        match tokio::time::timeout_at(deadline, async {
-            stream.write_all(bytes).await?;
-            stream.flush().await
-        })
-        .await
-        {
-            Ok(r) => Ok(r?),
-            Err(_) => Err(FrontError::Timeout),
-        }
+        login::write(self.stream.as_mut(), self.deadline, bytes).await
     }
 
     /// Serves commands until the client asks to log in (`Some`) or leaves
@@ -388,19 +345,8 @@ impl Front {
         // Anything pipelined behind STARTTLS came in clear text and may have
         // been injected: drop it with the old framer (RFC 9051 §6.2.1).
         self.framer = Framer::new(self.framer.max());
-        let tcp = self
-            .stream
-            .take()
-            .and_then(Stream::into_plain)
-            .ok_or(FrontError::Closed)?;
-        match crate::net::tls::accept(config, tcp, self.deadline).await {
-            Ok(stream) => {
-                self.stream = Some(stream);
-                Ok(Step::Continue)
-            }
-            Err(crate::net::tls::Handshake::Failed(e)) => Err(FrontError::Tls(e)),
-            Err(crate::net::tls::Handshake::TimedOut) => Err(FrontError::Timeout),
-        }
+        login::start_tls(&mut self.stream, config, self.deadline).await?;
+        Ok(Step::Continue)
     }
 
     async fn authenticate(
@@ -522,7 +468,7 @@ pub fn b64(data: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::AsyncReadExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::{TcpListener, TcpStream};
 
     /// Found by the `imap_preauth` fuzz target: a SASL response line over

@@ -7,44 +7,20 @@
 //! side, and the whole grammar is one bounded line per command, a keyword
 //! and space-separated arguments (RFC 1939 §3).
 
-use std::sync::Arc;
-
 use base64::Engine;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::time::Instant;
-use tokio_rustls::rustls::ServerConfig;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::TlsMode;
 use crate::net::stream::Stream;
-use crate::proto::login::{self, Waited};
+use crate::proto::login::{self, FrontError, TlsPolicy, Waited};
 use crate::proto::sasl;
 use crate::secret::Credentials;
 
 /// Longest command line (RFC 2449 allows 255 octets; SASL responses are
 /// longer, base64 of a PLAIN response with a long password).
 const MAX_LINE: usize = 2048;
-
-#[derive(Debug, thiserror::Error)]
-pub enum FrontError {
-    #[error("client closed the connection")]
-    Closed,
-    #[error("pre-auth timeout")]
-    Timeout,
-    #[error("pre-auth byte budget exceeded")]
-    TooMuch,
-    #[error("server shutting down")]
-    Shutdown,
-    #[error("TLS handshake: {0}")]
-    Tls(std::io::Error),
-    #[error("i/o: {0}")]
-    Io(#[from] std::io::Error),
-}
-
-pub struct TlsPolicy {
-    pub mode: TlsMode,
-    pub config: Option<Arc<ServerConfig>>,
-}
 
 pub struct Front {
     stream: Option<Stream>,
@@ -94,16 +70,7 @@ impl Front {
     }
 
     pub async fn write(&mut self, bytes: &[u8]) -> Result<(), FrontError> {
-        let deadline = self.deadline;
-        let stream = self.stream.as_mut().ok_or(FrontError::Closed)?;
-        let write = async {
-            stream.write_all(bytes).await?;
-            stream.flush().await
-        };
-        match tokio::time::timeout_at(deadline, write).await {
-            Ok(r) => Ok(r?),
-            Err(_) => Err(FrontError::Timeout),
-        }
+        login::write(self.stream.as_mut(), self.deadline, bytes).await
     }
 
     /// Serves commands until the client gives credentials (`Some`) or quits.
@@ -221,19 +188,8 @@ impl Front {
         // may have been injected: it is dropped (RFC 2595 §4).
         self.buf.clear();
         self.user = None;
-        let tcp = self
-            .stream
-            .take()
-            .and_then(Stream::into_plain)
-            .ok_or(FrontError::Closed)?;
-        match crate::net::tls::accept(config, tcp, self.deadline).await {
-            Ok(stream) => {
-                self.stream = Some(stream);
-                Ok(Step::Continue)
-            }
-            Err(crate::net::tls::Handshake::Failed(e)) => Err(FrontError::Tls(e)),
-            Err(crate::net::tls::Handshake::TimedOut) => Err(FrontError::Timeout),
-        }
+        login::start_tls(&mut self.stream, config, self.deadline).await?;
+        Ok(Step::Continue)
     }
 
     async fn user(&mut self, name: &str) -> Result<Step, FrontError> {

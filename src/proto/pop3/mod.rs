@@ -16,10 +16,12 @@ use self::backend::Login;
 use self::front::AUTH_FAILED;
 // For the fuzz target: the pre-auth front end, driven over loopback TCP.
 #[doc(hidden)]
-pub use self::front::{Front, FrontError, TlsPolicy};
+pub use self::front::Front;
 use crate::net::bridge::{self, Boundary, End, Stops};
 use crate::net::stream::Stream;
-use crate::proto::login::{self, one_line, Denied};
+use crate::proto::login::{self, one_line, Denied, Refusal};
+#[doc(hidden)]
+pub use crate::proto::login::{FrontError, TlsPolicy};
 use crate::proto::Outcome;
 use crate::registry::Registration;
 use crate::route::{Route, Target};
@@ -32,34 +34,11 @@ const UNAVAILABLE: &str =
 /// fix by retyping (`[AUTH]` would invite another try at once).
 const THROTTLED: &str = "-ERR [SYS/TEMP] Too many failed logins, try again in a few minutes.\r\n";
 
-struct Session {
+pub(super) struct Session {
     route: Route,
     registration: Registration,
     backend: Stream,
     hello: Vec<u8>,
-}
-
-/// A login that did not go through: the line to send, and whether it
-/// counts as a failed authentication.
-struct Refusal {
-    line: String,
-    failed: bool,
-}
-
-impl Refusal {
-    fn retry(line: impl Into<String>) -> Refusal {
-        Refusal {
-            line: line.into(),
-            failed: false,
-        }
-    }
-
-    fn failed(line: impl Into<String>) -> Refusal {
-        Refusal {
-            line: line.into(),
-            failed: true,
-        }
-    }
 }
 
 pub async fn serve(stream: Stream, conn: &ConnInfo, ctx: &Ctx) -> Outcome {
@@ -80,7 +59,7 @@ pub async fn serve(stream: Stream, conn: &ConnInfo, ctx: &Ctx) -> Outcome {
     // Boxed: the login phase's state (parsers, backend login) is several
     // KiB; on the heap it is freed once logged in, instead of sizing the
     // task of every idle session for it.
-    let session = match Box::pin(authenticate(&mut front, conn, ctx)).await {
+    let session = match Box::pin(login::authenticate(&mut front, conn, ctx)).await {
         Ok(Some(s)) => s,
         Ok(None) => return Outcome::NoLogin("quit".into()),
         Err(e) => return Outcome::NoLogin(e.to_string()),
@@ -91,36 +70,43 @@ pub async fn serve(stream: Stream, conn: &ConnInfo, ctx: &Ctx) -> Outcome {
     splice(client, rest, session, conn, ctx).await
 }
 
-async fn authenticate(
-    front: &mut Front,
-    conn: &ConnInfo,
-    ctx: &Ctx,
-) -> Result<Option<Session>, FrontError> {
-    front.greet().await?;
-    let mut failures = 0;
-    loop {
-        let Some(creds) = front.next_login().await? else {
-            return Ok(None);
-        };
-        let user = creds.user.clone();
-        let login = login::throttled(
-            &user,
-            conn,
-            ctx,
-            || Refusal::failed(THROTTLED),
-            try_login(creds, conn, ctx),
-            |r| r.failed,
-        );
-        match login.await {
-            Ok(s) => return Ok(Some(s)),
-            Err(r) => {
-                front.write(r.line.as_bytes()).await?;
-                failures += u32::from(r.failed);
-                if failures >= ctx.config.limits.max_auth_failures {
-                    return Err(FrontError::Closed);
-                }
-            }
-        }
+impl login::Front for Front {
+    type Attempt = Credentials;
+    type Session = Session;
+
+    async fn greet(&mut self) -> Result<(), FrontError> {
+        // The front's own methods: inherent ones come first.
+        self.greet().await
+    }
+
+    async fn next_login(&mut self) -> Result<Option<Credentials>, FrontError> {
+        self.next_login().await
+    }
+
+    fn user(creds: &Credentials) -> &str {
+        &creds.user
+    }
+
+    fn throttled(_: &Credentials) -> Refusal {
+        Refusal::Failed(THROTTLED.into())
+    }
+
+    async fn try_login(
+        &self,
+        creds: Credentials,
+        conn: &ConnInfo,
+        ctx: &Ctx,
+    ) -> Result<Session, Refusal> {
+        try_login(creds, conn, ctx).await
+    }
+
+    async fn write(&mut self, bytes: &[u8]) -> Result<(), FrontError> {
+        self.write(bytes).await
+    }
+
+    // Nothing more to say: the refusal just sent is the last line.
+    async fn too_many_failures(&mut self) -> FrontError {
+        FrontError::Closed
     }
 }
 
@@ -128,8 +114,8 @@ async fn try_login(creds: Credentials, conn: &ConnInfo, ctx: &Ctx) -> Result<Ses
     let route = login::route(&creds.user, conn, ctx)
         .await
         .map_err(|d| match d {
-            Denied::UnknownDomain => Refusal::failed(AUTH_FAILED),
-            Denied::Unavailable => Refusal::retry(UNAVAILABLE),
+            Denied::UnknownDomain => Refusal::Failed(AUTH_FAILED.into()),
+            Denied::Unavailable => Refusal::Retry(UNAVAILABLE.into()),
         })?;
     let creds = login::backend_credentials(&route, creds);
     let (backend_name, refusal) = login::backend_of(&route);
@@ -140,7 +126,7 @@ async fn try_login(creds: Credentials, conn: &ConnInfo, ctx: &Ctx) -> Result<Ses
     if let Some(line) = refusal {
         info!(state = %route.state, "login refused: mailbox not served here now");
         login::count(conn, ctx, "refused");
-        return Err(Refusal::retry(line));
+        return Err(Refusal::Retry(line));
     }
     let mut hello = match &route.target {
         // POP3 has no alert: the notice goes into the +OK text.
@@ -170,7 +156,7 @@ async fn backend_login(
 ) -> Result<(Stream, Vec<u8>, Vec<u8>), Refusal> {
     let Some(backend) = ctx.backends.get(name) else {
         warn!(backend = %name, "route names an unknown backend");
-        return Err(Refusal::retry(UNAVAILABLE));
+        return Err(Refusal::Retry(UNAVAILABLE.into()));
     };
     let limits = &ctx.config.limits;
     let started = std::time::Instant::now();
@@ -202,15 +188,15 @@ async fn backend_login(
             );
             let line = String::from_utf8_lossy(&reply).into_owned();
             Err(if temporary {
-                Refusal::retry(line)
+                Refusal::Retry(line)
             } else {
-                Refusal::failed(line)
+                Refusal::Failed(line)
             })
         }
         Err(e) => {
             warn!(error = %e, "backend unavailable");
             login::count(conn, ctx, "backend_error");
-            Err(Refusal::retry(UNAVAILABLE))
+            Err(Refusal::Retry(UNAVAILABLE.into()))
         }
     }
 }

@@ -18,10 +18,10 @@ use self::boundary::ReplyBoundary;
 // For the fuzz target: SASL response decoding before login.
 #[doc(hidden)]
 pub use self::preauth::{decode_response, Sasl};
-use self::preauth::{Attempt, Front, FrontError, TlsPolicy, CREDENTIALS_INVALID};
+use self::preauth::{Attempt, Front, CREDENTIALS_INVALID};
 use crate::net::bridge::{self, Boundary, End, Stops};
 use crate::net::stream::Stream;
-use crate::proto::login::{self, one_line, Denied};
+use crate::proto::login::{self, one_line, Denied, FrontError, Refusal, TlsPolicy};
 use crate::proto::Outcome;
 use crate::registry::Registration;
 use crate::route::{Route, Target};
@@ -29,7 +29,7 @@ use crate::secret::Credentials;
 use crate::server::{ConnInfo, Ctx};
 
 /// A login that succeeded at the backend: what the bridge needs.
-struct Session {
+pub(super) struct Session {
     route: Route,
     /// Listed from routing on, so that a flip during the backend login
     /// still reaches this session.
@@ -37,14 +37,6 @@ struct Session {
     backend: Stream,
     /// What the backend sent after its 235 (normally nothing).
     rest: Vec<u8>,
-}
-
-/// What the client is told when a login does not go through.
-enum Refusal {
-    /// Send this reply and let the client try again.
-    Retry(String),
-    /// Same, but it counts as a failed authentication.
-    Failed(String),
 }
 
 const AUTH_OK: &[u8] = b"235 2.7.0 Authentication successful\r\n";
@@ -66,7 +58,7 @@ pub async fn serve(stream: Stream, conn: &ConnInfo, ctx: &Ctx) -> Outcome {
     let mut front = Front::new(stream, policy, deadline, limits.max_preauth_bytes);
     front.oauth = conn.listener.oauth;
     front.draining = ctx.draining.clone();
-    let session = match authenticate(&mut front, conn, ctx).await {
+    let session = match login::authenticate(&mut front, conn, ctx).await {
         Ok(Some(s)) => s,
         Ok(None) => return Outcome::NoLogin("quit".into()),
         Err(e) => return Outcome::NoLogin(e.to_string()),
@@ -77,41 +69,44 @@ pub async fn serve(stream: Stream, conn: &ConnInfo, ctx: &Ctx) -> Outcome {
     splice(client, client_rest, session, conn, ctx).await
 }
 
-/// Serves pre-auth commands until a login succeeds at a backend.
-async fn authenticate(
-    front: &mut Front,
-    conn: &ConnInfo,
-    ctx: &Ctx,
-) -> Result<Option<Session>, FrontError> {
-    front.greet().await?;
-    let mut failures = 0;
-    loop {
-        let Some(attempt) = front.next_login().await? else {
-            return Ok(None);
-        };
-        let user = attempt.creds.user.clone();
-        let login = login::throttled(
-            &user,
-            conn,
-            ctx,
-            || Refusal::Failed(THROTTLED.into()),
-            try_login(attempt, front, conn, ctx),
-            |r| matches!(r, Refusal::Failed(_)),
-        );
-        match login.await {
-            Ok(session) => return Ok(Some(session)),
-            Err(Refusal::Retry(text)) => front.write(text.as_bytes()).await?,
-            Err(Refusal::Failed(text)) => {
-                failures += 1;
-                front.write(text.as_bytes()).await?;
-                if failures >= ctx.config.limits.max_auth_failures {
-                    front
-                        .goodbye("421 4.7.0 Too many authentication failures\r\n")
-                        .await;
-                    return Err(FrontError::Closed);
-                }
-            }
-        }
+impl login::Front for Front {
+    type Attempt = Attempt;
+    type Session = Session;
+
+    async fn greet(&mut self) -> Result<(), FrontError> {
+        // The front's own methods: inherent ones come first.
+        self.greet().await
+    }
+
+    async fn next_login(&mut self) -> Result<Option<Attempt>, FrontError> {
+        self.next_login().await
+    }
+
+    fn user(attempt: &Attempt) -> &str {
+        &attempt.creds.user
+    }
+
+    fn throttled(_: &Attempt) -> Refusal {
+        Refusal::Failed(THROTTLED.into())
+    }
+
+    async fn try_login(
+        &self,
+        attempt: Attempt,
+        conn: &ConnInfo,
+        ctx: &Ctx,
+    ) -> Result<Session, Refusal> {
+        try_login(attempt, self, conn, ctx).await
+    }
+
+    async fn write(&mut self, bytes: &[u8]) -> Result<(), FrontError> {
+        self.write(bytes).await
+    }
+
+    async fn too_many_failures(&mut self) -> FrontError {
+        self.goodbye("421 4.7.0 Too many authentication failures\r\n")
+            .await;
+        FrontError::Closed
     }
 }
 

@@ -6,7 +6,6 @@
 //! budget. It yields login attempts; the session decides whether they
 //! succeed.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
@@ -15,36 +14,14 @@ use smtp_proto::{
 };
 use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
-use tokio_rustls::rustls::ServerConfig;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::TlsMode;
 use crate::net::stream::Stream;
-use crate::proto::login::{self, Waited};
+use crate::proto::login::{self, FrontError, TlsPolicy, Waited};
 use crate::proto::sasl;
 use crate::proto::smtp::lines::Lines;
 use crate::secret::{Credentials, Secret};
-
-/// Why the pre-auth phase ended without a login.
-#[derive(Debug, thiserror::Error)]
-pub enum FrontError {
-    #[error("client closed the connection")]
-    Closed,
-    #[error("pre-auth timeout")]
-    Timeout,
-    #[error("pre-auth byte budget exceeded")]
-    TooMuch,
-    #[error("server shutting down")]
-    Shutdown,
-    #[error("line too long")]
-    LineTooLong,
-    #[error("protocol: {0}")]
-    Protocol(&'static str),
-    #[error("TLS handshake: {0}")]
-    Tls(std::io::Error),
-    #[error("i/o: {0}")]
-    Io(#[from] std::io::Error),
-}
 
 /// A login the client asked for.
 #[derive(Debug)]
@@ -57,12 +34,6 @@ enum Step {
     Continue,
     Login(Attempt),
     Quit,
-}
-
-/// How the listener wants TLS handled.
-pub struct TlsPolicy {
-    pub mode: TlsMode,
-    pub config: Option<Arc<ServerConfig>>,
 }
 
 /// RFC 4954 §4: an `AUTH` line may be up to 12288 octets (a PLAIN initial
@@ -139,16 +110,7 @@ impl Front {
     }
 
     pub async fn write(&mut self, bytes: &[u8]) -> Result<(), FrontError> {
-        let deadline = self.deadline;
-        let stream = self.stream.as_mut().ok_or(FrontError::Closed)?;
-        let write = async {
-            stream.write_all(bytes).await?;
-            stream.flush().await
-        };
-        match tokio::time::timeout_at(deadline, write).await {
-            Ok(r) => Ok(r?),
-            Err(_) => Err(FrontError::Timeout),
-        }
+        login::write(self.stream.as_mut(), self.deadline, bytes).await
     }
 
     /// A last reply before the close: best effort, briefly.
@@ -319,19 +281,8 @@ impl Front {
         // been injected: drop it, and forget the EHLO (RFC 3207 §4.2).
         self.lines.clear();
         self.helo = None;
-        let tcp = self
-            .stream
-            .take()
-            .and_then(Stream::into_plain)
-            .ok_or(FrontError::Closed)?;
-        match crate::net::tls::accept(config, tcp, self.deadline).await {
-            Ok(stream) => {
-                self.stream = Some(stream);
-                Ok(Step::Continue)
-            }
-            Err(crate::net::tls::Handshake::Failed(e)) => Err(FrontError::Tls(e)),
-            Err(crate::net::tls::Handshake::TimedOut) => Err(FrontError::Timeout),
-        }
+        login::start_tls(&mut self.stream, config, self.deadline).await?;
+        Ok(Step::Continue)
     }
 
     async fn auth(&mut self, mechanism: u64, ir: Secret<String>) -> Result<Step, FrontError> {
