@@ -611,3 +611,34 @@ fn a_node_logs_in_to_postgres_with_a_password_file() {
         "{err}"
     );
 }
+
+/// A scheduled state change keeps the backend the mailbox's override
+/// names when PostgreSQL writes it, not the one a node last saw.
+#[test]
+fn a_mailbox_state_change_keeps_the_backend_named_at_write_time() {
+    use ponte::route::{Change, MailboxState, PgStore, StateStore};
+    let pg = Postgres::start();
+    let store = PgStore::open(&pg.url(), "test", None).expect("open");
+    let a = "dave@pec.example".to_string();
+    store
+        .apply(
+            &Change::Mailboxes(vec![(a.clone(), MailboxState::Legacy, Some("b2".into()))]),
+            "ops",
+        )
+        .expect("override");
+    let applied = store
+        .apply(
+            &Change::MailboxState {
+                address: a.clone(),
+                state: MailboxState::Migrated,
+            },
+            "schedule 1 by ops",
+        )
+        .expect("state change");
+    let rec = store.mailbox(&a).expect("read").expect("override kept");
+    assert_eq!(
+        (rec.state, rec.backend.as_deref()),
+        (MailboxState::Migrated, Some("b2"))
+    );
+    assert_eq!(applied.audit[0].new.as_deref(), Some("migrated via b2"));
+}

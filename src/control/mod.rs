@@ -306,7 +306,12 @@ impl Control {
                         return Err(ControlError::Invalid(format!("unknown backend {b:?}")));
                     }
                 }
-                let change = Change::Mailboxes(vec![(a.clone(), s.state, backend)]);
+                // The store keeps whatever backend the override names when
+                // it writes (checked here against this node's view).
+                let change = Change::MailboxState {
+                    address: a.clone(),
+                    state: s.state,
+                };
                 (change, own.map(|m| m.state), Subject::Mailbox(a))
             }
         };

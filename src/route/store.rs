@@ -87,6 +87,12 @@ pub enum Change {
     },
     /// Insert or replace mailbox overrides (one or many: an import).
     Mailboxes(Vec<(String, MailboxState, Option<String>)>),
+    /// A mailbox's state, keeping the backend its override names at the
+    /// moment of writing (a schedule: another node may just have set it).
+    MailboxState {
+        address: String,
+        state: MailboxState,
+    },
     RemoveMailbox {
         address: String,
     },
@@ -267,6 +273,18 @@ impl Writer<'_> {
         match change {
             Change::DomainState { domain, state } => self.domain_state(domain, *state),
             Change::Mailboxes(rows) => self.mailboxes(rows),
+            Change::MailboxState { address, state } => {
+                let backend = {
+                    let t = self.txn.open_table(MAILBOXES).map_err(StoreError::new)?;
+                    let current: Option<MailboxRecord> = t
+                        .get(address.as_str())
+                        .map_err(StoreError::new)?
+                        .map(|v| from_json(v.value()))
+                        .transpose()?;
+                    current.and_then(|m| m.backend)
+                };
+                self.mailboxes(&[(address.clone(), *state, backend)])
+            }
             Change::RemoveMailbox { address } => self.remove_mailbox(address),
             Change::MailboxTempmail { address, until } => self.mailbox_tempmail(address, *until),
             Change::AddSchedule { subject, state, at } => self.add_schedule(subject, *state, *at),
@@ -691,6 +709,31 @@ impl StateStore for RedbStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_state_change_keeps_the_backend_the_override_names_when_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = RedbStore::open(dir.path()).unwrap();
+        let a = "a@x.example".to_string();
+        let via = Some("b2".to_string());
+        s.apply(
+            &Change::Mailboxes(vec![(a.clone(), MailboxState::Legacy, via.clone())]),
+            "ops",
+        )
+        .unwrap();
+        let applied = s
+            .apply(
+                &Change::MailboxState {
+                    address: a.clone(),
+                    state: MailboxState::Migrated,
+                },
+                "schedule 1 by ops",
+            )
+            .unwrap();
+        let rec = s.mailbox(&a).unwrap().unwrap();
+        assert_eq!((rec.state, rec.backend), (MailboxState::Migrated, via));
+        assert_eq!(applied.audit[0].new.as_deref(), Some("migrated via b2"));
+    }
 
     #[test]
     fn changes_are_audited_and_survive_reopening() {

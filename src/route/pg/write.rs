@@ -306,6 +306,18 @@ impl Writer<'_> {
         match change {
             Change::DomainState { domain, state } => self.domain_state(domain, *state).await,
             Change::Mailboxes(rows) => self.mailboxes(rows).await,
+            Change::MailboxState { address, state } => {
+                let backend: Option<String> = self
+                    .tx
+                    .query_opt(
+                        "SELECT backend FROM mailboxes WHERE address = $1 FOR UPDATE",
+                        &[address],
+                    )
+                    .await
+                    .map_err(|e| self.pe(e))?
+                    .and_then(|row| row.get(0));
+                self.mailboxes(&[(address.clone(), *state, backend)]).await
+            }
             Change::RemoveMailbox { address } => self.remove_mailbox(address).await,
             Change::MailboxTempmail { address, until } => self.tempmail(address, *until).await,
             Change::AddSchedule { subject, state, at } => {
