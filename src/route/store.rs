@@ -306,30 +306,19 @@ impl Writer<'_> {
             | Change::QueueRelease { .. }
             | Change::QueueRetry { .. }
             | Change::QueueDelete { .. }
-            | Change::Kick { .. } => match audit_only(change) {
-                Some((what, old, new)) => self.audit(what, old, new),
-                None => Ok(()),
-            },
+            | Change::Kick { .. } => {
+                if let Some(line) = wording::audit_only(change) {
+                    self.audit(line);
+                }
+                Ok(())
+            }
         }
     }
 
     /// Queues an audit entry; `write_audit` stores them all at the end of
     /// the change (one table open for a whole import).
-    fn audit(
-        &mut self,
-        what: String,
-        old: Option<String>,
-        new: Option<String>,
-    ) -> Result<(), StoreError> {
-        self.applied.audit.push(AuditEntry {
-            seq: 0,
-            at: self.now,
-            who: self.who.to_string(),
-            what,
-            old,
-            new,
-        });
-        Ok(())
+    fn audit(&mut self, line: wording::Line) {
+        self.applied.audit.push(line.entry(self.now, self.who));
     }
 
     /// Numbers the queued audit entries after the last stored one and
@@ -373,13 +362,8 @@ impl Writer<'_> {
         t.insert(domain, json(&rec)?.as_slice())
             .map_err(StoreError::new)?;
         drop(t);
-        let old_state = old.map(|o| o.state.to_string());
-        if old_state.as_deref() != Some(state.as_str()) {
-            self.audit(
-                format!("domain {domain}"),
-                old_state,
-                Some(state.to_string()),
-            )?;
+        if let Some(line) = wording::domain(domain, old.map(|o| o.state), state) {
+            self.audit(line);
         }
         Ok(())
     }
@@ -411,11 +395,11 @@ impl Writer<'_> {
                 };
                 t.insert(address.as_str(), json(&rec)?.as_slice())
                     .map_err(StoreError::new)?;
-                changed.push((address.clone(), old.map(|o| describe(&o)), describe(&rec)));
+                changed.push(wording::mailbox(address, old.as_ref(), Some(&rec)));
             }
         }
-        for (address, old, new) in changed {
-            self.audit(format!("mailbox {address}"), old, Some(new))?;
+        for line in changed {
+            self.audit(line);
         }
         Ok(())
     }
@@ -432,8 +416,8 @@ impl Writer<'_> {
         if old == until {
             return Ok(());
         }
-        let show = |u: Option<i64>| u.map(|u| format!("tempmail until {}", rfc3339(u)));
-        self.audit(format!("mailbox {address}"), show(old), show(until))
+        self.audit(wording::tempmail(address, old, until));
+        Ok(())
     }
 
     fn remove_mailbox(&mut self, address: &str) -> Result<(), StoreError> {
@@ -443,7 +427,7 @@ impl Writer<'_> {
             v.map(|v| from_json(v.value())).transpose()?
         };
         if let Some(old) = old {
-            self.audit(format!("mailbox {address}"), Some(describe(&old)), None)?;
+            self.audit(wording::mailbox(address, Some(&old), None));
         }
         Ok(())
     }
@@ -473,12 +457,8 @@ impl Writer<'_> {
             id
         };
         self.applied.schedule_id = Some(id);
-        let when = rfc3339(at);
-        self.audit(
-            format!("schedule {id}: {subject}"),
-            None,
-            Some(format!("{state} at {when}")),
-        )
+        self.audit(wording::schedule_added(id, subject, state, at));
+        Ok(())
     }
 
     fn remove_schedule(&mut self, id: u64) -> Result<(), StoreError> {
@@ -488,65 +468,148 @@ impl Writer<'_> {
             v.map(|v| from_json(v.value())).transpose()?
         };
         if let Some(s) = old {
-            self.audit(
-                format!("schedule {id}: {}", s.subject),
-                Some(s.state.to_string()),
-                None,
-            )?;
+            self.audit(wording::schedule_removed(id, &s.subject, s.state));
         }
         Ok(())
     }
 }
 
-/// Most recipients named in a queue deletion's audit entry.
-const AUDIT_RECIPIENTS: usize = 10;
+/// How each change reads in the audit log, worded once for both stores
+/// (embedded and PostgreSQL), so that their logs read alike and
+/// `migrate-store` copies like with like.
+pub(crate) mod wording {
+    use super::{rfc3339, AuditEntry, Change, MailboxRecord, MailboxState, Subject};
 
-/// The audit entry of an action that changes no routing state (on a
-/// spooled message, on open sessions): `(what, old, new)`.
-pub(crate) fn audit_only(change: &Change) -> Option<(String, Option<String>, Option<String>)> {
-    let what = |id: &str| format!("queue message {id}");
-    let some = |s: &str| Some(s.to_string());
-    Some(match change {
-        Change::QueueHold { id } => (what(id), some("queued"), some("held")),
-        Change::QueueRelease { id } => (what(id), some("held"), some("queued")),
-        Change::QueueRetry { id, reset } => {
-            let s = if *reset == 1 { "" } else { "s" };
-            (
-                what(id),
-                None,
-                Some(format!("retry now ({reset} recipient{s} reset)")),
-            )
+    /// What changed, old → new; numbered and timed when stored.
+    pub struct Line {
+        what: String,
+        old: Option<String>,
+        new: Option<String>,
+    }
+
+    impl Line {
+        fn new(what: String, old: Option<String>, new: Option<String>) -> Line {
+            Line { what, old, new }
         }
-        Change::QueueDelete {
-            id,
-            from,
-            recipients,
-        } => {
-            let from = if from.is_empty() { "<>" } else { from };
-            let mut to = recipients
-                .iter()
-                .take(AUDIT_RECIPIENTS)
-                .cloned()
-                .collect::<Vec<_>>()
-                .join(", ");
-            if recipients.len() > AUDIT_RECIPIENTS {
-                to.push_str(&format!(
-                    " and {} more",
-                    recipients.len() - AUDIT_RECIPIENTS
-                ));
+
+        /// The entry `who` made at `at`; `seq` is set when it is written.
+        pub fn entry(self, at: i64, who: &str) -> AuditEntry {
+            AuditEntry {
+                seq: 0,
+                at,
+                who: who.to_string(),
+                what: self.what,
+                old: self.old,
+                new: self.new,
             }
-            (what(id), Some(format!("from {from} to {to}")), None)
         }
-        Change::Kick { selector, closed } => {
-            let s = if *closed == 1 { "" } else { "s" };
-            (
-                format!("sessions of {selector}"),
-                Some(format!("{closed} open session{s}")),
-                Some("closed".into()),
+    }
+
+    /// A domain's state; nothing if it stays the same.
+    pub fn domain(domain: &str, old: Option<MailboxState>, new: MailboxState) -> Option<Line> {
+        (old != Some(new)).then(|| {
+            Line::new(
+                format!("domain {domain}"),
+                old.map(|o| o.to_string()),
+                Some(new.to_string()),
             )
+        })
+    }
+
+    /// A mailbox's override set, replaced or removed.
+    pub fn mailbox(
+        address: &str,
+        old: Option<&MailboxRecord>,
+        new: Option<&MailboxRecord>,
+    ) -> Line {
+        Line::new(
+            format!("mailbox {address}"),
+            old.map(describe),
+            new.map(describe),
+        )
+    }
+
+    /// A mailbox's own tempmail deadline set, moved or cleared.
+    pub fn tempmail(address: &str, old: Option<i64>, new: Option<i64>) -> Line {
+        let show = |u: Option<i64>| u.map(|u| format!("tempmail until {}", rfc3339(u)));
+        Line::new(format!("mailbox {address}"), show(old), show(new))
+    }
+
+    pub fn schedule_added(id: u64, subject: &Subject, state: MailboxState, at: i64) -> Line {
+        Line::new(
+            format!("schedule {id}: {subject}"),
+            None,
+            Some(format!("{state} at {}", rfc3339(at))),
+        )
+    }
+
+    pub fn schedule_removed(id: u64, subject: &Subject, state: MailboxState) -> Line {
+        Line::new(
+            format!("schedule {id}: {subject}"),
+            Some(state.to_string()),
+            None,
+        )
+    }
+
+    /// `migrated` or `migrated via backend2`.
+    fn describe(rec: &MailboxRecord) -> String {
+        match &rec.backend {
+            Some(b) => format!("{} via {b}", rec.state),
+            None => rec.state.to_string(),
         }
-        _ => return None,
-    })
+    }
+
+    /// Most recipients named in a queue deletion's audit entry.
+    const AUDIT_RECIPIENTS: usize = 10;
+
+    /// The entry of an action that changes no routing state (on a
+    /// spooled message, on open sessions).
+    pub fn audit_only(change: &Change) -> Option<Line> {
+        let what = |id: &str| format!("queue message {id}");
+        let some = |s: &str| Some(s.to_string());
+        let (what, old, new) = match change {
+            Change::QueueHold { id } => (what(id), some("queued"), some("held")),
+            Change::QueueRelease { id } => (what(id), some("held"), some("queued")),
+            Change::QueueRetry { id, reset } => {
+                let s = if *reset == 1 { "" } else { "s" };
+                (
+                    what(id),
+                    None,
+                    Some(format!("retry now ({reset} recipient{s} reset)")),
+                )
+            }
+            Change::QueueDelete {
+                id,
+                from,
+                recipients,
+            } => {
+                let from = if from.is_empty() { "<>" } else { from };
+                let mut to = recipients
+                    .iter()
+                    .take(AUDIT_RECIPIENTS)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                if recipients.len() > AUDIT_RECIPIENTS {
+                    to.push_str(&format!(
+                        " and {} more",
+                        recipients.len() - AUDIT_RECIPIENTS
+                    ));
+                }
+                (what(id), Some(format!("from {from} to {to}")), None)
+            }
+            Change::Kick { selector, closed } => {
+                let s = if *closed == 1 { "" } else { "s" };
+                (
+                    format!("sessions of {selector}"),
+                    Some(format!("{closed} open session{s}")),
+                    Some("closed".into()),
+                )
+            }
+            _ => return None,
+        };
+        Some(Line::new(what, old, new))
+    }
 }
 
 /// Unix seconds as RFC 3339 (UTC), or the number if out of range.
@@ -558,14 +621,6 @@ pub fn rfc3339(unix: i64) -> String {
                 .ok()
         })
         .unwrap_or_else(|| unix.to_string())
-}
-
-/// `migrated` or `migrated via backend2`, for the audit log.
-pub(crate) fn describe(rec: &MailboxRecord) -> String {
-    match &rec.backend {
-        Some(b) => format!("{} via {b}", rec.state),
-        None => rec.state.to_string(),
-    }
 }
 
 impl StateStore for RedbStore {

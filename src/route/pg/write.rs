@@ -9,8 +9,8 @@ use super::schema::WRITE_LOCK;
 use super::Inner;
 use crate::error::StoreError;
 use crate::route::fleet::{Event, Payload, CHANNEL};
-use crate::route::store::{audit_only, describe, Applied, AuditEntry, Change, Dump, Subject};
-use crate::route::{rfc3339, MailboxState};
+use crate::route::store::{wording, Applied, AuditEntry, Change, Dump, Subject};
+use crate::route::MailboxState;
 
 /// More mailboxes than this changed at once: one `All` event instead of
 /// one per mailbox (a NOTIFY payload is at most 8000 bytes each, and a
@@ -232,15 +232,8 @@ impl Writer<'_> {
         self.inner.pg_error(e)
     }
 
-    fn audit(&mut self, what: String, old: Option<String>, new: Option<String>) {
-        self.applied.audit.push(AuditEntry {
-            seq: 0,
-            at: self.now,
-            who: self.who.to_string(),
-            what,
-            old,
-            new,
-        });
+    fn audit(&mut self, line: wording::Line) {
+        self.applied.audit.push(line.entry(self.now, self.who));
     }
 
     fn event(&mut self, e: Event) {
@@ -330,8 +323,8 @@ impl Writer<'_> {
             | Change::QueueRetry { .. }
             | Change::QueueDelete { .. }
             | Change::Kick { .. } => {
-                if let Some((what, old, new)) = audit_only(change) {
-                    self.audit(what, old, new);
+                if let Some(line) = wording::audit_only(change) {
+                    self.audit(line);
                 }
                 Ok(())
             }
@@ -363,13 +356,9 @@ impl Writer<'_> {
             )
             .await
             .map_err(|e| self.pe(e))?;
-        let old_state = old.map(|(s, _)| s);
-        if old_state.as_deref() != Some(state.as_str()) {
-            self.audit(
-                format!("domain {domain}"),
-                old_state,
-                Some(state.to_string()),
-            );
+        let old_state = old.and_then(|(s, _)| s.parse().ok());
+        if let Some(line) = wording::domain(domain, old_state, state) {
+            self.audit(line);
         }
         self.event(Event::Domain(domain.to_string()));
         Ok(())
@@ -418,7 +407,7 @@ impl Writer<'_> {
                 set_by: self.who.to_string(),
                 updated: self.now,
             };
-            changed.push((address.clone(), old.map(describe), rec));
+            changed.push((address.clone(), old, rec));
         }
         if changed.is_empty() {
             return Ok(());
@@ -427,8 +416,7 @@ impl Writer<'_> {
         let records: Vec<_> = changed.iter().map(|c| (c.0.clone(), c.2.clone())).collect();
         insert_mailboxes(self.tx, self.inner, &records).await?;
         for (address, old, rec) in changed {
-            let new = describe(&rec);
-            self.audit(format!("mailbox {address}"), old, Some(new));
+            self.audit(wording::mailbox(&address, old, Some(&rec)));
             self.event(Event::Mailbox(address));
         }
         Ok(())
@@ -450,7 +438,7 @@ impl Writer<'_> {
                 set_by: String::new(),
                 updated: 0,
             };
-            self.audit(format!("mailbox {address}"), Some(describe(&rec)), None);
+            self.audit(wording::mailbox(address, Some(&rec), None));
             self.event(Event::Mailbox(address.to_string()));
         }
         Ok(())
@@ -486,8 +474,7 @@ impl Writer<'_> {
             }
         };
         done.map_err(|e| self.pe(e))?;
-        let show = |u: Option<i64>| u.map(|u| format!("tempmail until {}", rfc3339(u)));
-        self.audit(format!("mailbox {address}"), show(old), show(until));
+        self.audit(wording::tempmail(address, old, until));
         self.event(Event::Tempmail(address.to_string()));
         Ok(())
     }
@@ -510,11 +497,7 @@ impl Writer<'_> {
             .map_err(|e| self.pe(e))?;
         let id = row.get::<_, i64>(0) as u64;
         self.applied.schedule_id = Some(id);
-        self.audit(
-            format!("schedule {id}: {subject}"),
-            None,
-            Some(format!("{state} at {}", rfc3339(at))),
-        );
+        self.audit(wording::schedule_added(id, subject, state, at));
         self.event(Event::Schedules);
         Ok(())
     }
@@ -535,8 +518,8 @@ impl Writer<'_> {
             } else {
                 Subject::Mailbox(name)
             };
-            let state: String = r.get(2);
-            self.audit(format!("schedule {id}: {subject}"), Some(state), None);
+            let state = r.get::<_, &str>(2).parse().map_err(StoreError::new)?;
+            self.audit(wording::schedule_removed(id, &subject, state));
             self.event(Event::Schedules);
         }
         Ok(())
