@@ -44,15 +44,12 @@ pub async fn deliver(
     msg: &Message<'_>,
     t: Timeouts,
 ) -> Result<Vec<Reply>, Undelivered> {
-    match attempt(ctx, domain, msg, t, true).await {
-        Err(Attempt::Tls(reason)) => {
-            tracing::warn!(%domain, %reason, "STARTTLS failed; delivering without TLS");
-            attempt(ctx, domain, msg, t, false)
-                .await
-                .map_err(Attempt::into_undelivered)
-        }
-        other => other.map_err(Attempt::into_undelivered),
-    }
+    client::tls_or_clear(
+        |tls| attempt(ctx, domain, msg, t, tls),
+        |e| matches!(e, Attempt::Tls(_)),
+    )
+    .await
+    .map_err(Attempt::into_undelivered)
 }
 
 /// Why one attempt failed: the TLS handshake (try again in clear text), or
@@ -60,6 +57,15 @@ pub async fn deliver(
 enum Attempt {
     Tls(String),
     Other(Undelivered),
+}
+
+impl std::fmt::Display for Attempt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Attempt::Tls(reason) => f.write_str(reason),
+            Attempt::Other(u) => f.write_str(&u.reason),
+        }
+    }
 }
 
 impl Attempt {

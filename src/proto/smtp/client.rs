@@ -65,12 +65,29 @@ pub async fn deliver(
         return transact(&backend.name, stream, ep.lmtp, HELO_NAME, None, msg, t).await;
     }
     let dns = dns.ok_or_else(|| backend.protocol_error("no DNS resolver for mx://"))?;
-    // Another provider's mail host: STARTTLS if offered; a host whose
-    // handshake fails gets the message in clear text rather than never.
-    match deliver_mx(backend, ep, dns, msg, t, true).await {
-        Err(e @ BackendError::Tls { .. }) => {
+    tls_or_clear(
+        |tls| deliver_mx(backend, ep, dns, msg, t, tls),
+        |e| matches!(e, BackendError::Tls { .. }),
+    )
+    .await
+}
+
+/// Opportunistic STARTTLS to another provider's mail host (RFC 7435):
+/// `attempt(true)` offers TLS; if it is TLS that failed (`tls_failed`),
+/// the delivery is made again, on a new connection, in clear text, rather
+/// than never.
+pub async fn tls_or_clear<T, E, Fut>(
+    mut attempt: impl FnMut(bool) -> Fut,
+    tls_failed: impl Fn(&E) -> bool,
+) -> Result<T, E>
+where
+    E: std::fmt::Display,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    match attempt(true).await {
+        Err(e) if tls_failed(&e) => {
             tracing::warn!(error = %e, "STARTTLS failed; delivering without TLS");
-            deliver_mx(backend, ep, dns, msg, t, false).await
+            attempt(false).await
         }
         other => other,
     }
