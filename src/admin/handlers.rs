@@ -230,10 +230,7 @@ pub async fn remove_mailbox(
 pub async fn import(State(s): St, Extension(who): Extension<Who>, body: String) -> Api {
     // Parsing and the store write are blocking work: keep them off the
     // runtime's worker threads that serve mail sessions.
-    let control = s.control.clone();
-    let done = tokio::task::spawn_blocking(move || control.import(&body, &who.0))
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    let done = blocking(&s, move |c| c.import(&body, &who.0)).await?;
     Ok(Json(
         json!({ "rows": done.rows, "changed": done.changed, "kicked": done.kicked }),
     ))

@@ -274,11 +274,9 @@ pub async fn refresh_gauges(control: &Control) {
 /// last published them (every few seconds), with the heartbeat's age. A
 /// ponte on the embedded store answers `409`: it has no fleet.
 async fn fleet(control: &Arc<Control>) -> Api {
-    let c = control.clone();
-    let nodes = tokio::task::spawn_blocking(move || c.ctx().router.store().fleet())
-        .await
-        .map_err(|e| ControlError::Task(e.to_string()))?
-        .map_err(ControlError::from)?
+    let nodes = control
+        .blocking(|c| Ok(c.ctx().router.store().fleet()?))
+        .await?
         .ok_or_else(|| {
             ApiError::new(
                 axum::http::StatusCode::CONFLICT,

@@ -21,10 +21,7 @@ const MAX_SLEEP: Duration = Duration::from_secs(30);
 pub async fn run(control: Arc<Control>, stop: CancellationToken) {
     loop {
         // Store writes wait on disk or on PostgreSQL: not on a worker thread.
-        let c = control.clone();
-        let due = tokio::task::spawn_blocking(move || apply_due(&c))
-            .await
-            .unwrap_or_else(|e| Err(ControlError::Task(e.to_string())));
+        let due = control.blocking(apply_due).await;
         let next = match due {
             Ok(next) => next,
             Err(e) => {

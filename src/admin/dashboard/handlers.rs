@@ -256,11 +256,8 @@ async fn import_now(
                 "this import was already done or has expired; check the file again".into(),
             )
         })?;
-    let control = s.control.clone();
     let name = who.name.clone();
-    let done = tokio::task::spawn_blocking(move || control.import(&csv, &name))
-        .await
-        .map_err(|e| ControlError::Task(e.to_string()))??;
+    let done = s.control.blocking(move |c| c.import(&csv, &name)).await?;
     Ok(format!(
         "Imported {} row(s): {} mailbox(es) changed, {} session(s) closed.",
         done.rows, done.changed, done.kicked

@@ -59,10 +59,7 @@ pub struct Overview {
 impl Overview {
     /// Reads everything; store reads run on the blocking pool.
     pub async fn gather(control: &Arc<Control>) -> Result<Overview, ControlError> {
-        let c = control.clone();
-        let (domains, schedules, audit) = tokio::task::spawn_blocking(move || read_store(&c))
-            .await
-            .map_err(|e| ControlError::Task(e.to_string()))??;
+        let (domains, schedules, audit) = control.blocking(read_store).await?;
         let queue = match control.queue_stats().await {
             Ok(stats) => {
                 let (oldest, listed_of) = control.queue_oldest(MESSAGES_SHOWN).await?;
