@@ -24,7 +24,9 @@ use tokio_rustls::rustls;
 const READ_SIZE: usize = 16 * 1024 + 256;
 
 thread_local! {
-    /// Where socket reads land, one per worker thread.
+    /// Where socket reads land, one per worker thread. Not the bridge's
+    /// scratch buffer: the bridge holds that one while it reads from this
+    /// stream.
     static SCRATCH: std::cell::RefCell<Box<[u8]>> =
         std::cell::RefCell::new(vec![0u8; READ_SIZE].into_boxed_slice());
 }
