@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -67,6 +68,16 @@ fn serve(cfg: ponte::Config, path: PathBuf) -> ExitCode {
         }
     };
     runtime.block_on(async {
+        // The handlers are installed before the listeners accept anything:
+        // a client (or systemd) that sees the greeting may send SIGHUP or
+        // SIGTERM at once, and the default action of both is to die.
+        let signals = match Signals::install() {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("ponte: cannot install the signal handlers: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
         let server = match ponte::Server::bind(cfg).await {
             Ok(s) => s,
             Err(e) => {
@@ -75,10 +86,14 @@ fn serve(cfg: ponte::Config, path: PathBuf) -> ExitCode {
             }
         };
         let shutdown = CancellationToken::new();
+        tokio::spawn(shut_down_on_terminate(signals.terminate, shutdown.clone()));
+        tokio::spawn(reload_on_hangup(
+            signals.hangup,
+            server.reload_handle(),
+            path,
+        ));
         ponte::service::ready("serving");
         ponte::service::spawn_watchdog(shutdown.clone());
-        tokio::spawn(signals(shutdown.clone()));
-        tokio::spawn(reload_on_hangup(server.reload_handle(), path));
         match server.run(shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -89,54 +104,51 @@ fn serve(cfg: ponte::Config, path: PathBuf) -> ExitCode {
     })
 }
 
-/// SIGHUP re-reads the configuration file; a bad file is refused with the
-/// reason logged, and the configuration in force stays.
-async fn reload_on_hangup(handle: ponte::server::ReloadHandle, path: PathBuf) {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let Ok(mut hup) = signal(SignalKind::hangup()) else {
-            return;
-        };
-        while hup.recv().await.is_some() {
-            tracing::info!(file = %path.display(), "SIGHUP: reloading the configuration");
-            ponte::service::reloading();
-            let result = match ponte::Config::load(&path) {
-                Ok(cfg) => handle.reload(cfg).await,
-                Err(e) => Err(e.to_string()),
-            };
-            match result {
-                Ok(()) => ponte::service::reloaded("serving; configuration reloaded"),
-                Err(reason) => {
-                    tracing::warn!(%reason, "reload refused; the configuration in force stays");
-                    ponte::service::reloaded("serving; last reload refused, see the log");
-                }
-            }
-        }
+/// The signals `serve` acts on, registered with the runtime. (ponte is
+/// Unix-only: splice, signals, systemd.)
+struct Signals {
+    hangup: Signal,
+    terminate: Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        Ok(Signals {
+            hangup: signal(SignalKind::hangup())?,
+            terminate: signal(SignalKind::terminate())?,
+        })
     }
 }
 
 /// SIGTERM or Ctrl-C starts a graceful shutdown.
-async fn signals(shutdown: CancellationToken) {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = ctrl_c => {}
-                _ = term.recv() => {}
-            }
-            tracing::info!("shutdown requested");
-            ponte::service::stopping();
-            shutdown.cancel();
-            return;
-        }
+async fn shut_down_on_terminate(mut term: Signal, shutdown: CancellationToken) {
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
     }
-    let _ = ctrl_c.await;
     tracing::info!("shutdown requested");
     ponte::service::stopping();
     shutdown.cancel();
+}
+
+/// SIGHUP re-reads the configuration file; a bad file is refused with the
+/// reason logged, and the configuration in force stays.
+async fn reload_on_hangup(mut hup: Signal, handle: ponte::server::ReloadHandle, path: PathBuf) {
+    while hup.recv().await.is_some() {
+        tracing::info!(file = %path.display(), "SIGHUP: reloading the configuration");
+        ponte::service::reloading();
+        let result = match ponte::Config::load(&path) {
+            Ok(cfg) => handle.reload(cfg).await,
+            Err(e) => Err(e.to_string()),
+        };
+        match result {
+            Ok(()) => ponte::service::reloaded("serving; configuration reloaded"),
+            Err(reason) => {
+                tracing::warn!(%reason, "reload refused; the configuration in force stays");
+                ponte::service::reloaded("serving; last reload refused, see the log");
+            }
+        }
+    }
 }
 
 fn fail(path: &std::path::Path, e: ponte::error::ConfigError) -> ExitCode {
