@@ -69,7 +69,7 @@ pub async fn status(State(s): St) -> Api {
         domains.push(json!({
             "name": name,
             "state": rec.as_ref().map_or(cfg.state, |r| r.state),
-            "set_by": rec.as_ref().map_or("config", |r| r.set_by.as_str()),
+            "set_by": rec.as_ref().map_or(crate::route::CONFIG, |r| r.set_by.as_str()),
             "legacy": cfg.legacy,
             "new": cfg.new,
             "tempmail_until": cfg.tempmail_until.map_or(Value::Null, |t| rfc3339(t.unix_timestamp())),

@@ -17,7 +17,7 @@ pub use seed::{import_seed, parse_mailbox_csv, Row, SeedError};
 pub use state::MailboxState;
 pub use store::{
     rfc3339, AuditEntry, Change, DomainRecord, Dump, MailboxRecord, RedbStore, Schedule,
-    StateStore, Subject,
+    StateStore, Subject, CONFIG,
 };
 
 use crate::config::{DomainConfig, View};
@@ -86,7 +86,7 @@ impl Router {
     ) -> Result<Router, StoreError> {
         for (name, d) in &domains {
             match store.domain(name)? {
-                Some(rec) if rec.set_by != "config" => {
+                Some(rec) if rec.set_by != CONFIG => {
                     if rec.state != d.state {
                         tracing::warn!(
                             domain = %name, configured = %d.state, current = %rec.state,
@@ -96,11 +96,11 @@ impl Router {
                 }
                 Some(rec) if rec.state == d.state => {}
                 _ => {
-                    let change = Change::DomainState {
+                    let change = Change::ConfiguredDomainState {
                         domain: name.clone(),
                         state: d.state,
                     };
-                    store.apply(&change, "config")?;
+                    store.apply(&change, CONFIG)?;
                 }
             }
         }

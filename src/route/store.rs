@@ -78,10 +78,21 @@ pub struct AuditEntry {
     pub new: Option<String>,
 }
 
+/// Who the configuration file's writes are by (a reserved token name).
+pub const CONFIG: &str = "config";
+
 /// A change to the routing state. Applied atomically with its audit.
 #[derive(Debug, Clone)]
 pub enum Change {
     DomainState {
+        domain: String,
+        state: MailboxState,
+    },
+    /// The state the configuration file gives a domain: written only while
+    /// no admin has set one. Decided inside the write's transaction: a node
+    /// started with an old file, or whose view is behind, must not undo a
+    /// flip made elsewhere in the fleet.
+    ConfiguredDomainState {
         domain: String,
         state: MailboxState,
     },
@@ -271,7 +282,10 @@ struct Writer<'t> {
 impl Writer<'_> {
     fn write(&mut self, change: &Change) -> Result<(), StoreError> {
         match change {
-            Change::DomainState { domain, state } => self.domain_state(domain, *state),
+            Change::DomainState { domain, state } => self.domain_state(domain, *state, false),
+            Change::ConfiguredDomainState { domain, state } => {
+                self.domain_state(domain, *state, true)
+            }
             Change::Mailboxes(rows) => self.mailboxes(rows),
             Change::MailboxState { address, state } => {
                 let backend = {
@@ -341,16 +355,21 @@ impl Writer<'_> {
         Ok(())
     }
 
-    fn domain_state(&mut self, domain: &str, state: MailboxState) -> Result<(), StoreError> {
+    /// `keep_admin`: leave a state an admin set (the configuration's write).
+    fn domain_state(
+        &mut self,
+        domain: &str,
+        state: MailboxState,
+        keep_admin: bool,
+    ) -> Result<(), StoreError> {
         let old: Option<DomainRecord> = {
             let t = self.txn.open_table(DOMAINS).map_err(StoreError::new)?;
             let v = t.get(domain).map_err(StoreError::new)?;
             v.map(|v| from_json(v.value())).transpose()?
         };
-        if old
-            .as_ref()
-            .is_some_and(|o| o.state == state && o.set_by == self.who)
-        {
+        if old.as_ref().is_some_and(|o| {
+            (o.state == state && o.set_by == self.who) || (keep_admin && o.set_by != CONFIG)
+        }) {
             return Ok(());
         }
         let rec = DomainRecord {
@@ -851,6 +870,33 @@ mod tests {
         .unwrap();
         assert!(s.mailbox("a@x.example").unwrap().is_none());
         assert_eq!(s.audit(1).unwrap()[0].new, None);
+    }
+
+    #[test]
+    fn the_configured_state_never_replaces_an_admins() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = RedbStore::open(dir.path()).unwrap();
+        let configured = |state| Change::ConfiguredDomainState {
+            domain: "x.example".into(),
+            state,
+        };
+        // First write and a change of the file apply.
+        s.apply(&configured(MailboxState::Legacy), CONFIG).unwrap();
+        s.apply(&configured(MailboxState::Blackout), CONFIG).unwrap();
+        assert_eq!(
+            s.domain("x.example").unwrap().unwrap().state,
+            MailboxState::Blackout
+        );
+        let flip = Change::DomainState {
+            domain: "x.example".into(),
+            state: MailboxState::Migrated,
+        };
+        s.apply(&flip, "ops").unwrap();
+        // A node with an old file (or a stale view) writes nothing.
+        let applied = s.apply(&configured(MailboxState::Legacy), CONFIG).unwrap();
+        assert!(applied.audit.is_empty());
+        let rec = s.domain("x.example").unwrap().unwrap();
+        assert_eq!((rec.state, rec.set_by.as_str()), (MailboxState::Migrated, "ops"));
     }
 
     #[test]

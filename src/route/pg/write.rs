@@ -9,7 +9,7 @@ use super::schema::WRITE_LOCK;
 use super::Inner;
 use crate::error::StoreError;
 use crate::route::fleet::{Event, Payload, CHANNEL};
-use crate::route::store::{wording, Applied, AuditEntry, Change, Dump, Subject};
+use crate::route::store::{wording, Applied, AuditEntry, Change, Dump, Subject, CONFIG};
 use crate::route::MailboxState;
 
 /// More mailboxes than this changed at once: one `All` event instead of
@@ -297,7 +297,12 @@ impl Writer<'_> {
 
     async fn write(&mut self, change: &Change) -> Result<(), StoreError> {
         match change {
-            Change::DomainState { domain, state } => self.domain_state(domain, *state).await,
+            Change::DomainState { domain, state } => {
+                self.domain_state(domain, *state, false).await
+            }
+            Change::ConfiguredDomainState { domain, state } => {
+                self.domain_state(domain, *state, true).await
+            }
             Change::Mailboxes(rows) => self.mailboxes(rows).await,
             Change::MailboxState { address, state } => {
                 let backend: Option<String> = self
@@ -331,7 +336,13 @@ impl Writer<'_> {
         }
     }
 
-    async fn domain_state(&mut self, domain: &str, state: MailboxState) -> Result<(), StoreError> {
+    /// `keep_admin`: leave a state an admin set (the configuration's write).
+    async fn domain_state(
+        &mut self,
+        domain: &str,
+        state: MailboxState,
+        keep_admin: bool,
+    ) -> Result<(), StoreError> {
         let old = self
             .tx
             .query_opt(
@@ -341,10 +352,9 @@ impl Writer<'_> {
             .await
             .map_err(|e| self.pe(e))?
             .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1)));
-        if old
-            .as_ref()
-            .is_some_and(|(s, by)| s == state.as_str() && by == self.who)
-        {
+        if old.as_ref().is_some_and(|(s, by)| {
+            (s == state.as_str() && by == self.who) || (keep_admin && by != CONFIG)
+        }) {
             return Ok(());
         }
         self.tx
