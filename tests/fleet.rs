@@ -642,3 +642,114 @@ fn a_mailbox_state_change_keeps_the_backend_named_at_write_time() {
     );
     assert_eq!(applied.audit[0].new.as_deref(), Some("migrated via b2"));
 }
+
+/// The configuration's state for a domain is written only while no admin
+/// has set one, decided in PostgreSQL's transaction: a node started with
+/// an old file does not undo a flip made on another node.
+#[test]
+fn a_node_with_an_old_file_does_not_undo_an_admins_flip() {
+    use ponte::route::{Change, MailboxState, PgStore, StateStore, CONFIG};
+    let pg = Postgres::start();
+    let store = PgStore::open(&pg.url(), "test", None).expect("open");
+    let configured = Change::ConfiguredDomainState {
+        domain: "pec.example".into(),
+        state: MailboxState::Legacy,
+    };
+    store.apply(&configured, CONFIG).expect("first start");
+    let flip = Change::DomainState {
+        domain: "pec.example".into(),
+        state: MailboxState::Migrated,
+    };
+    store.apply(&flip, "ops").expect("flip");
+    // Another node, its file still saying legacy, comes up.
+    let other = PgStore::open(&pg.url(), "old-file", None).expect("open");
+    let applied = other.apply(&configured, CONFIG).expect("second start");
+    assert!(applied.audit.is_empty(), "{:?}", applied.audit);
+    let rec = other.domain("pec.example").expect("read").expect("domain");
+    assert_eq!(
+        (rec.state, rec.set_by.as_str()),
+        (MailboxState::Migrated, "ops")
+    );
+    // Through the real start-up path too: the node routes by the flip.
+    let world = World::backends_only("");
+    let node = Ponte::start(&world.fleet_config(&pg.url(), "node-old"));
+    let (_, d) = Api::new(node.addr("admin")).get("/api/status");
+    let pec = d["domains"]
+        .as_array()
+        .and_then(|l| l.iter().find(|x| x["name"] == "pec.example"));
+    assert_eq!(
+        pec.map(|x| x["state"].clone()),
+        Some(json!("migrated")),
+        "{d}"
+    );
+}
+
+/// Two nodes racing to carry out the same due schedules: each is claimed
+/// by exactly one of them, and its change is written once.
+#[test]
+fn racing_nodes_claim_each_due_schedule_exactly_once() {
+    use ponte::route::{Change, MailboxState, PgStore, StateStore, Subject};
+    use std::sync::{Arc, Barrier};
+    let pg = Postgres::start();
+    let stores: Vec<Arc<PgStore>> = ["n1", "n2"]
+        .iter()
+        .map(|n| PgStore::open(&pg.url(), n, None).expect("open"))
+        .collect();
+    const N: usize = 20;
+    let past = time::OffsetDateTime::now_utc().unix_timestamp() - 1;
+    let mut jobs = Vec::new();
+    for i in 0..N {
+        let address = format!("user{i}@pec.example");
+        let added = stores[0]
+            .apply(
+                &Change::AddSchedule {
+                    subject: Subject::Mailbox(address.clone()),
+                    state: MailboxState::Migrated,
+                    at: past,
+                },
+                "ops",
+            )
+            .expect("add schedule");
+        jobs.push((added.schedule_id.expect("id"), address));
+    }
+    let barrier = Arc::new(Barrier::new(2));
+    let racers: Vec<_> = stores
+        .iter()
+        .map(|s| {
+            let (s, jobs, barrier) = (s.clone(), jobs.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                jobs.iter()
+                    .filter(|(id, address)| {
+                        let claim = Change::ClaimSchedule {
+                            id: *id,
+                            change: Box::new(Change::MailboxState {
+                                address: address.clone(),
+                                state: MailboxState::Migrated,
+                            }),
+                        };
+                        s.apply(&claim, &format!("schedule {id} by ops"))
+                            .expect("claim")
+                            .claimed
+                    })
+                    .count()
+            })
+        })
+        .collect();
+    let claimed: Vec<usize> = racers
+        .into_iter()
+        .map(|r| r.join().expect("racer"))
+        .collect();
+    println!("claims per node: {claimed:?}");
+    assert_eq!(claimed.iter().sum::<usize>(), N, "{claimed:?}");
+    let audit = stores[1].audit(1000).expect("audit");
+    for (id, address) in &jobs {
+        let who = format!("schedule {id} by ops");
+        let writes = audit
+            .iter()
+            .filter(|e| e.who == who && e.what == format!("mailbox {address}"))
+            .count();
+        assert_eq!(writes, 1, "schedule {id}");
+    }
+    assert!(stores[0].schedules().expect("schedules").is_empty());
+}

@@ -882,7 +882,8 @@ mod tests {
         };
         // First write and a change of the file apply.
         s.apply(&configured(MailboxState::Legacy), CONFIG).unwrap();
-        s.apply(&configured(MailboxState::Blackout), CONFIG).unwrap();
+        s.apply(&configured(MailboxState::Blackout), CONFIG)
+            .unwrap();
         assert_eq!(
             s.domain("x.example").unwrap().unwrap().state,
             MailboxState::Blackout
@@ -896,7 +897,10 @@ mod tests {
         let applied = s.apply(&configured(MailboxState::Legacy), CONFIG).unwrap();
         assert!(applied.audit.is_empty());
         let rec = s.domain("x.example").unwrap().unwrap();
-        assert_eq!((rec.state, rec.set_by.as_str()), (MailboxState::Migrated, "ops"));
+        assert_eq!(
+            (rec.state, rec.set_by.as_str()),
+            (MailboxState::Migrated, "ops")
+        );
     }
 
     #[test]

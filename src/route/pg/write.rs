@@ -297,9 +297,7 @@ impl Writer<'_> {
 
     async fn write(&mut self, change: &Change) -> Result<(), StoreError> {
         match change {
-            Change::DomainState { domain, state } => {
-                self.domain_state(domain, *state, false).await
-            }
+            Change::DomainState { domain, state } => self.domain_state(domain, *state, false).await,
             Change::ConfiguredDomainState { domain, state } => {
                 self.domain_state(domain, *state, true).await
             }
