@@ -241,6 +241,28 @@ fn a_flip_on_one_node_closes_an_idle_session_on_another_within_a_second() {
     for i in 0..3 {
         assert!(text.contains(&node_name(i)), "{text}");
     }
+    // Closing a mailbox's sessions by hand on node A closes them on node C.
+    let mut idle = idling(f.node(c), ALICE.address, new_pw);
+    let asked = Instant::now();
+    let reason = "Password reset; please sign in again.";
+    let out = ctl(
+        &f.world,
+        f.node(a),
+        &["kick", "--mailbox", ALICE.address, "--reason", reason],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (bye, took) = wait_bye(&mut idle, asked, WITHIN);
+    println!("ponte ctl kick on node-a -> BYE on node-c after {took:?}: {bye}");
+    assert!(bye.contains(reason), "{bye}");
+    let kicks: Vec<Value> = audit(&f.api(2))
+        .into_iter()
+        .filter(|e| e["what"] == format!("sessions of mailbox {}", ALICE.address))
+        .collect();
+    assert_eq!(kicks.len(), 1, "{kicks:?}");
 }
 
 #[test]

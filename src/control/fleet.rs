@@ -38,6 +38,7 @@ impl Control {
                 self.wake.notify_one();
                 self.reroute_all()
             }
+            Event::Kick { selector, reason } => self.kick_here(selector, reason),
         };
         info!(?event, kicked, "state changed on another node");
     }

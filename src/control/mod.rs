@@ -21,6 +21,9 @@ use crate::registry::Entry;
 use crate::route::{self, Change, MailboxState, Schedule, Subject, Target};
 use crate::server::Ctx;
 
+/// Longest kick reason kept (characters).
+const MAX_REASON: usize = 500;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
     #[error("{0}")]
@@ -64,13 +67,7 @@ pub struct Imported {
     pub kicked: usize,
 }
 
-/// Which sessions to close.
-#[derive(Debug, Clone)]
-pub enum Selector {
-    Mailbox(String),
-    Domain(String),
-    Id(u64),
-}
+pub use crate::route::fleet::Selector;
 
 pub struct Control {
     current: Arc<ArcSwap<Ctx>>,
@@ -344,29 +341,28 @@ impl Control {
         Ok(!applied.audit.is_empty())
     }
 
-    /// Closes sessions on request, with `reason` shown to the user.
+    /// Closes sessions on request, with `reason` shown to the user. In a
+    /// fleet, the other nodes close theirs when the audit entry's
+    /// notification reaches them; the count is this node's.
     pub fn kick(
         &self,
         selector: &Selector,
         reason: &str,
         who: &str,
     ) -> Result<usize, ControlError> {
-        let registry = &self.ctx().registry;
-        let (closed, asked) = match selector {
-            Selector::Mailbox(a) => {
-                let a = a.to_lowercase();
-                (registry.kick_mailbox(&a, reason), format!("mailbox {a}"))
-            }
-            Selector::Domain(d) => {
-                let d = d.to_ascii_lowercase();
-                (registry.kick_domain(&d, reason), format!("domain {d}"))
-            }
-            Selector::Id(id) => (registry.kick_id(*id, reason), format!("session {id}")),
+        let selector = match selector {
+            Selector::Mailbox(a) => Selector::Mailbox(a.to_lowercase()),
+            Selector::Domain(d) => Selector::Domain(d.to_ascii_lowercase()),
+            Selector::Id(id) => Selector::Id(*id),
         };
+        // Bounded: the reason travels in a NOTIFY payload (8,000 bytes).
+        let reason: String = reason.chars().take(MAX_REASON).collect();
+        let closed = self.kick_here(&selector, &reason);
         // Done first, audited after (as queue changes): the log never
         // claims a kick that did not happen.
         let change = Change::Kick {
-            selector: asked,
+            selector,
+            reason,
             closed,
         };
         self.ctx()
@@ -378,6 +374,16 @@ impl Control {
                 source,
             })?;
         Ok(closed)
+    }
+
+    /// Closes this node's sessions that `selector` names.
+    fn kick_here(&self, selector: &Selector, reason: &str) -> usize {
+        let registry = &self.ctx().registry;
+        match selector {
+            Selector::Mailbox(a) => registry.kick_mailbox(a, reason),
+            Selector::Domain(d) => registry.kick_domain(d, reason),
+            Selector::Id(id) => registry.kick_id(*id, reason),
+        }
     }
 
     /// Re-checks every open session's route (after a reload).

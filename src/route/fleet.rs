@@ -22,6 +22,31 @@ pub enum Event {
     Tempmail(String),
     Schedules,
     All,
+    /// An admin closed sessions: every node closes its own that match
+    /// (sessions are not state, so nothing is reloaded).
+    Kick {
+        selector: Selector,
+        reason: String,
+    },
+}
+
+/// Which sessions to close. A session id names one node's session only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Selector {
+    Mailbox(String),
+    Domain(String),
+    Id(u64),
+}
+
+impl std::fmt::Display for Selector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Selector::Mailbox(a) => write!(f, "mailbox {a}"),
+            Selector::Domain(d) => write!(f, "domain {d}"),
+            Selector::Id(id) => write!(f, "session {id}"),
+        }
+    }
 }
 
 /// Called with each change another node made (after the local snapshot
@@ -107,6 +132,10 @@ mod tests {
             Event::Domain("pec.example".into()),
             Event::Mailbox("a@pec.example".into()),
             Event::All,
+            Event::Kick {
+                selector: Selector::Domain("pec.example".into()),
+                reason: "Closed by the administrator.".into(),
+            },
         ] {
             let p = Payload {
                 node: "n1".into(),

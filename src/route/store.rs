@@ -134,10 +134,11 @@ pub enum Change {
         id: String,
         reset: usize,
     },
-    /// An admin closed open sessions (`selector`: what was asked for).
-    /// Audit only: sessions are not state.
+    /// An admin closed open sessions (`closed` of them on this node).
+    /// Audited; in a fleet the other nodes are told to close theirs.
     Kick {
-        selector: String,
+        selector: super::fleet::Selector,
+        reason: String,
         closed: usize,
     },
     /// An admin deleted a spooled message, undelivered recipients and all.
@@ -617,7 +618,9 @@ pub(crate) mod wording {
                 }
                 (what(id), Some(format!("from {from} to {to}")), None)
             }
-            Change::Kick { selector, closed } => {
+            Change::Kick {
+                selector, closed, ..
+            } => {
                 let s = if *closed == 1 { "" } else { "s" };
                 (
                     format!("sessions of {selector}"),

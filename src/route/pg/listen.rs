@@ -118,6 +118,13 @@ async fn handle(
         warn!(payload, "state store: unknown notification ignored");
         return Ok(());
     };
+    if let Event::Kick { .. } = p.event {
+        // Nothing to reload; the node that wrote it closed its own.
+        if p.instance != inner.instance {
+            inner.fire(&p.event);
+        }
+        return Ok(());
+    }
     if let Err(e) = inner.refresh_with(client, &p.event).await {
         warn!(error = %e, event = ?p.event, "state store: reload after a notification failed; full reload");
         inner.reload_all().await.map_err(|e| e.to_string())?;

@@ -282,6 +282,8 @@ impl Inner {
                     }
                 })?;
             }
+            // Sessions are not state.
+            Event::Kick { .. } => return Ok(()),
             Event::Schedules => {
                 let list = load_schedules(self, c).await?;
                 write(&mut |s| s.schedules = list.iter().map(|x| (x.id, x.clone())).collect())?;

@@ -8,7 +8,7 @@ use tokio_postgres::Transaction;
 use super::schema::WRITE_LOCK;
 use super::Inner;
 use crate::error::StoreError;
-use crate::route::fleet::{Event, Payload, CHANNEL};
+use crate::route::fleet::{Event, Payload, Selector, CHANNEL};
 use crate::route::store::{wording, Applied, AuditEntry, Change, Dump, Subject, CONFIG};
 use crate::route::MailboxState;
 
@@ -261,7 +261,9 @@ impl Writer<'_> {
             .filter(|e| matches!(e, Event::Mailbox(_)))
             .count();
         if mailboxes > MAX_MAILBOX_EVENTS {
-            self.events = vec![Event::All];
+            // One full reload instead; what is not a reload stays.
+            self.events.retain(|e| matches!(e, Event::Kick { .. }));
+            self.events.push(Event::All);
         }
         for e in &self.events {
             notify(self.tx, self.inner, e).await?;
@@ -328,6 +330,17 @@ impl Writer<'_> {
             | Change::Kick { .. } => {
                 if let Some(line) = wording::audit_only(change) {
                     self.audit(line);
+                }
+                if let Change::Kick {
+                    selector: selector @ (Selector::Mailbox(_) | Selector::Domain(_)),
+                    reason,
+                    ..
+                } = change
+                {
+                    self.event(Event::Kick {
+                        selector: selector.clone(),
+                        reason: reason.clone(),
+                    });
                 }
                 Ok(())
             }
