@@ -525,34 +525,69 @@ fn send_inbound(node: &Ponte, rcpt: &str, message_id: &str) {
 }
 
 #[test]
-fn mail_spooled_on_one_node_is_delivered_when_another_node_flips_the_mailbox() {
-    let f = Fleet::start(2);
-    let (a, b) = (0, 1);
-    assert_eq!(set_mailbox(&f.api(a), ALICE.address, "blackout").0, 200);
-    // Node B knows of the blackout (NOTIFY) and spools what arrives for alice.
-    wait_until("blackout seen on node B", WITHIN, || {
-        let (_, m) = f.api(b).get(&format!("/api/mailboxes/{}", ALICE.address));
-        m["state"] == "blackout"
-    });
-    let id = "<fleet-spool@sender.example>";
-    send_inbound(f.node(b), ALICE.address, id);
-    let (_, q) = f.api(b).get("/api/queue");
-    assert_eq!(q["total"]["messages"], 1, "{q}");
-    std::thread::sleep(Duration::from_millis(300));
-    assert!(!delivered(&f.world.new, ALICE.address, id));
-    // The flip on node A wakes node B's delivery worker.
-    let flipped = Instant::now();
-    assert_eq!(set_mailbox(&f.api(a), ALICE.address, "migrated").0, 200);
+fn mail_spooled_on_two_nodes_shows_in_the_fleet_queue_and_is_delivered_when_another_node_flips() {
+    let f = Fleet::start(3);
+    let (a, b, c) = (0, 1, 2);
+    assert_eq!(set_mailbox(&f.api(c), ALICE.address, "blackout").0, 200);
+    // Nodes A and B know of the blackout (NOTIFY) and spool what arrives for alice.
+    for i in [a, b] {
+        wait_until("blackout seen", WITHIN, || {
+            let (_, m) = f.api(i).get(&format!("/api/mailboxes/{}", ALICE.address));
+            m["state"] == "blackout"
+        });
+    }
+    let ids = [
+        "<fleet-spool-a@sender.example>",
+        "<fleet-spool-b@sender.example>",
+    ];
+    for (i, id) in [a, b].into_iter().zip(ids) {
+        send_inbound(f.node(i), ALICE.address, id);
+        let (_, q) = f.api(i).get("/api/queue");
+        assert_eq!(q["total"]["messages"], 1, "{q}");
+    }
+    // The fleet's queue, per domain, as the nodes' heartbeats publish it.
     wait_until(
-        "delivered from node B's spool",
+        "both spooled messages in the fleet view",
+        Duration::from_secs(8),
+        || {
+            let (_, q) = f.api(c).get("/api/queue?fleet=1");
+            q["total"]["messages"] == 2
+                && q["domains"][0]["domain"] == "pec.example"
+                && q["domains"][0]["messages"] == 2
+        },
+    );
+    let out = ctl(&f.world, f.node(c), &["queue", "--fleet"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    println!("ponte ctl queue --fleet:\n{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("pec.example") && l.split_whitespace().nth(1) == Some("2")),
+        "{text}"
+    );
+    assert!(text.contains("fleet: 3 nodes"), "{text}");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!ids
+        .iter()
+        .any(|id| delivered(&f.world.new, ALICE.address, id)));
+    // The flip on node C wakes the delivery workers of nodes A and B.
+    let flipped = Instant::now();
+    assert_eq!(set_mailbox(&f.api(c), ALICE.address, "migrated").0, 200);
+    wait_until(
+        "delivered from both nodes' spools",
         Duration::from_secs(5),
-        || delivered(&f.world.new, ALICE.address, id),
+        || {
+            ids.iter()
+                .all(|id| delivered(&f.world.new, ALICE.address, id))
+        },
     );
     println!(
-        "flip on node-a -> node-b's spooled mail in the new store after {:?}",
+        "flip on node-c -> the spooled mail of nodes a and b in the new store after {:?}",
         flipped.elapsed()
     );
-    assert!(!delivered(&f.world.legacy, ALICE.address, id));
+    assert!(!ids
+        .iter()
+        .any(|id| delivered(&f.world.legacy, ALICE.address, id)));
 }
 
 #[test]

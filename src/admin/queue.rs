@@ -2,6 +2,7 @@
 //! the message list, one message's envelope and headers, and retry, hold,
 //! release and delete. Also the queue's gauges for `/metrics`.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::extract::{Extension, Path, Query, State};
@@ -271,8 +272,9 @@ pub async fn refresh_gauges(control: &Control) {
 }
 
 /// `GET /api/queue?fleet=1`: each node's sessions and spool totals, as it
-/// last published them (every few seconds), with the heartbeat's age. A
-/// ponte on the embedded store answers `409`: it has no fleet.
+/// last published them (every few seconds), with the heartbeat's age, and
+/// the whole fleet's queue in total and per recipient domain. A ponte on
+/// the embedded store answers `409`: it has no fleet.
 async fn fleet(control: &Arc<Control>) -> Api {
     let nodes = control
         .blocking(|c| Ok(c.ctx().router.store().fleet()?))
@@ -284,6 +286,23 @@ async fn fleet(control: &Arc<Control>) -> Api {
             )
         })?;
     let now = now_unix();
+    // The fleet's queue: every node's totals and recipient domains added up.
+    let mut total = QueueStats::default();
+    let mut domains: BTreeMap<String, QueueStats> = BTreeMap::new();
+    for n in &nodes {
+        if let Some(q) = published(&n.queue, n.heartbeat) {
+            total.merge(&q);
+        }
+        for row in n.queue["domains"].as_array().into_iter().flatten() {
+            if let (Some(d), Some(q)) = (row["domain"].as_str(), published(row, n.heartbeat)) {
+                domains.entry(d.to_string()).or_default().merge(&q);
+            }
+        }
+    }
+    let domains: Vec<Value> = domains
+        .iter()
+        .map(|(d, q)| with_key("domain", d, figures(q, now)))
+        .collect();
     let list: Vec<Value> = nodes
         .iter()
         .map(|n| {
@@ -298,5 +317,20 @@ async fn fleet(control: &Arc<Control>) -> Api {
             })
         })
         .collect();
-    Ok(Json(json!({ "nodes": list })))
+    Ok(Json(json!({
+        "nodes": list,
+        "total": figures(&total, now),
+        "domains": domains,
+    })))
+}
+
+/// Figures a node published, its oldest arrival put on this node's clock
+/// (`heartbeat` is when it published them, on this clock).
+fn published(v: &Value, heartbeat: i64) -> Option<QueueStats> {
+    Some(QueueStats {
+        messages: v["messages"].as_u64()?,
+        bytes: v["bytes"].as_u64()?,
+        held: v["held"].as_u64().unwrap_or(0),
+        oldest: v["oldest_age_seconds"].as_i64().map(|age| heartbeat - age),
+    })
 }

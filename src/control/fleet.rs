@@ -14,6 +14,7 @@ use tracing::info;
 
 use super::Control;
 use crate::route::{now_unix, Event, NodeReport};
+use crate::spool::QueueStats;
 
 /// How often a node publishes its figures.
 pub const HEARTBEAT: Duration = Duration::from_secs(5);
@@ -67,13 +68,30 @@ async fn report(control: &Control, admin: Option<SocketAddr>, started: i64) -> N
         *by_route.entry(e.route.clone()).or_default() += 1;
     }
     let now = now_unix();
+    let figures = |q: &QueueStats| {
+        json!({
+            "messages": q.messages,
+            "bytes": q.bytes,
+            "held": q.held,
+            "oldest_age_seconds": q.oldest_age(now),
+        })
+    };
+    // The totals and each recipient domain's (managed domains only: a
+    // few, whatever the queue's size).
     let queue = match control.queue_stats().await {
-        Ok(s) => json!({
-            "messages": s.total.messages,
-            "bytes": s.total.bytes,
-            "held": s.total.held,
-            "oldest_age_seconds": s.total.oldest_age(now),
-        }),
+        Ok(s) => {
+            let mut q = figures(&s.total);
+            q["domains"] = s
+                .domains
+                .iter()
+                .map(|(d, f)| {
+                    let mut row = figures(f);
+                    row["domain"] = json!(d);
+                    row
+                })
+                .collect();
+            q
+        }
         Err(_) => Value::Null,
     };
     NodeReport {

@@ -18,7 +18,7 @@ pub struct QueueArgs {
     #[arg(long)]
     pub mailboxes: bool,
     /// Every node of the fleet: sessions and spool totals, as each node
-    /// last published them.
+    /// last published them, and the fleet's queue per recipient domain.
     #[arg(long, conflicts_with = "mailboxes")]
     pub fleet: bool,
     #[command(subcommand)]
@@ -167,11 +167,16 @@ struct Figures {
 }
 
 fn counts(c: &Counts, per_mailbox: bool) -> String {
-    let mut out = String::new();
-    let mut tables = vec![("DOMAIN", &c.domains)];
+    let mut tables = vec![("DOMAIN", c.domains.as_slice())];
     if per_mailbox {
-        tables.push(("MAILBOX", &c.mailboxes));
+        tables.push(("MAILBOX", c.mailboxes.as_slice()));
     }
+    queue_tables(&tables, &c.total)
+}
+
+/// A table per non-empty list, then the total's line.
+fn queue_tables(tables: &[(&str, &[Figures])], total: &Figures) -> String {
+    let mut out = String::new();
     for (title, rows) in tables {
         if rows.is_empty() {
             continue;
@@ -190,7 +195,7 @@ fn counts(c: &Counts, per_mailbox: bool) -> String {
         out.push_str(&t.render());
         out.push('\n');
     }
-    let t = &c.total;
+    let t = total;
     let s = if t.messages == 1 { "" } else { "s" };
     out.push_str(&format!(
         "total: {} message{s}, {}, {} held",
@@ -208,6 +213,11 @@ fn counts(c: &Counts, per_mailbox: bool) -> String {
 #[derive(Deserialize)]
 struct Fleet {
     nodes: Vec<Node>,
+    /// The whole fleet's queue, and per recipient domain.
+    #[serde(default)]
+    total: Option<Figures>,
+    #[serde(default)]
+    domains: Vec<Figures>,
 }
 
 #[derive(Deserialize)]
@@ -222,7 +232,8 @@ struct Node {
     queue: Option<Figures>,
 }
 
-/// One row per node: its sessions and spool, and how old the figures are.
+/// One row per node: its sessions and spool, and how old the figures are;
+/// then the fleet's queue per recipient domain.
 fn fleet(f: &Fleet) -> String {
     let mut t = Table::new(&[
         "NODE",
@@ -253,13 +264,18 @@ fn fleet(f: &Fleet) -> String {
         ]);
     }
     let n = f.nodes.len();
-    format!(
-        "{}\nfleet: {n} node{}, {sessions} session{}, {messages} spooled message{}\n",
-        t.render(),
+    let mut out = t.render();
+    out.push('\n');
+    if let Some(total) = &f.total {
+        out.push_str(&queue_tables(&[("DOMAIN", f.domains.as_slice())], total));
+    }
+    out.push_str(&format!(
+        "fleet: {n} node{}, {sessions} session{}, {messages} spooled message{}\n",
         if n == 1 { "" } else { "s" },
         if sessions == 1 { "" } else { "s" },
         if messages == 1 { "" } else { "s" },
-    )
+    ));
+    out
 }
 
 #[derive(Deserialize)]
@@ -629,6 +645,25 @@ mod tests {
             ),
             "0006423b5c1d2e3f: deleted (from s@x to a@y, b@y; 1 undelivered)\n"
         );
+    }
+
+    #[test]
+    fn the_fleet_view_has_a_row_per_node_and_the_fleets_queue_per_domain() {
+        let body = r#"{"nodes":[
+            {"node":"mx1","admin":"127.0.0.1:8025","heartbeat_age_seconds":2,"sessions":{"total":3},
+             "queue":{"messages":2,"bytes":2048,"held":0,"oldest_age_seconds":60}},
+            {"node":"mx2","admin":null,"heartbeat_age_seconds":40,"sessions":{"total":1},"queue":null}],
+            "total":{"messages":2,"bytes":2048,"held":0,"oldest":"2026-04-01T10:00:00Z","oldest_age_seconds":62},
+            "domains":[{"domain":"pec.example","messages":2,"bytes":2048,"held":0,"oldest":"2026-04-01T10:00:00Z","oldest_age_seconds":62}]}"#;
+        let text = render(QueueView::Fleet, body).unwrap();
+        let want = "NODE  ADMIN           HEARTBEAT  SESSIONS  MESSAGES  BYTES    HELD  OLDEST\n\
+                    mx1   127.0.0.1:8025  2s ago     3         2         2.0 KiB  0     1m 0s\n\
+                    mx2   -               40s ago    1         -         -        -     -\n\n\
+                    DOMAIN       MESSAGES  BYTES    HELD  OLDEST\n\
+                    pec.example  2         2.0 KiB  0     2026-04-01T10:00:00Z (1m 2s ago)\n\n\
+                    total: 2 messages, 2.0 KiB, 0 held, oldest waiting 1m 2s\n\
+                    fleet: 2 nodes, 4 sessions, 2 spooled messages\n";
+        assert_eq!(text, want, "\n{text}");
     }
 
     #[test]

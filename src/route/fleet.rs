@@ -114,7 +114,8 @@ pub struct NodeReport {
     pub admin: Option<String>,
     /// Unix seconds.
     pub started: i64,
-    /// Unix seconds of the last publication.
+    /// Unix seconds of the last publication, on the reading node's clock
+    /// (the store measures its age with the database's).
     pub heartbeat: i64,
     /// Sessions: `{"total": n, "by_route": {...}}`.
     pub sessions: Value,

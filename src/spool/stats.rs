@@ -24,6 +24,17 @@ impl QueueStats {
         self.oldest.map(|t| (now - t).max(0))
     }
 
+    /// Adds another queue's figures (another node's, in a fleet).
+    pub fn merge(&mut self, o: &QueueStats) {
+        self.messages += o.messages;
+        self.bytes += o.bytes;
+        self.held += o.held;
+        self.oldest = match (self.oldest, o.oldest) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+    }
+
     fn add(&mut self, env: &Envelope) {
         self.messages += 1;
         self.bytes += env.size;

@@ -71,6 +71,10 @@ pub(crate) struct Inner {
     synced: AtomicI64,
     last_error: Mutex<Option<String>>,
     hook: RwLock<Option<Hook>>,
+    /// A heartbeat publication is under way: the next one is skipped
+    /// rather than queued (while PostgreSQL hangs they would pile up on
+    /// the pool that flips need).
+    publishing: AtomicBool,
     stop: CancellationToken,
 }
 
@@ -139,6 +143,7 @@ impl PgStore {
             synced: AtomicI64::new(0),
             last_error: Mutex::new(None),
             hook: RwLock::new(None),
+            publishing: AtomicBool::new(false),
             stop: CancellationToken::new(),
         });
         let store = PgStore {
@@ -404,11 +409,15 @@ impl StateStore for PgStore {
     }
 
     fn publish_node(&self, report: NodeReport) {
+        if self.inner.publishing.swap(true, Ordering::AcqRel) {
+            return;
+        }
         let inner = self.inner.clone();
         self.handle.spawn(async move {
             if let Err(e) = schema::publish(&inner, &report).await {
                 tracing::debug!(error = %e, "fleet: node figures not published");
             }
+            inner.publishing.store(false, Ordering::Release);
         });
     }
 

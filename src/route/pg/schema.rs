@@ -340,19 +340,19 @@ pub(super) async fn dump(inner: &Inner) -> Result<Dump, StoreError> {
     })
 }
 
-/// Writes this node's figures into its `nodes` row.
+/// Writes this node's figures into its `nodes` row. The heartbeat is the
+/// database's time, so that its age is one clock's (nodes' clocks differ).
 pub(super) async fn publish(inner: &Inner, r: &NodeReport) -> Result<(), StoreError> {
     let c = inner.client().await?;
     c.execute(
         "INSERT INTO nodes (name, admin, started, heartbeat, sessions, queue)
-         VALUES ($1, $2, $3, $4, $5::text::jsonb, $6::text::jsonb)
+         VALUES ($1, $2, $3, extract(epoch FROM now())::bigint, $4::text::jsonb, $5::text::jsonb)
          ON CONFLICT (name) DO UPDATE SET admin = excluded.admin, started = excluded.started,
              heartbeat = excluded.heartbeat, sessions = excluded.sessions, queue = excluded.queue",
         &[
             &r.node,
             &r.admin,
             &r.started,
-            &r.heartbeat,
             &r.sessions.to_string(),
             &r.queue.to_string(),
         ],
@@ -362,17 +362,20 @@ pub(super) async fn publish(inner: &Inner, r: &NodeReport) -> Result<(), StoreEr
     Ok(())
 }
 
-/// Every node's last published figures, by name.
+/// Every node's last published figures, by name. The heartbeat's time is
+/// given on this node's clock: its age by the database's.
 pub(super) async fn nodes(inner: &Inner) -> Result<Vec<NodeReport>, StoreError> {
     let c = inner.client().await?;
     let rows = c
         .query(
-            "SELECT name, admin, started, heartbeat, sessions::text, queue::text
+            "SELECT name, admin, started, extract(epoch FROM now())::bigint - heartbeat,
+                 sessions::text, queue::text
              FROM nodes ORDER BY name",
             &[],
         )
         .await
         .map_err(|e| inner.pg_error(e))?;
+    let now = crate::route::now_unix();
     Ok(rows
         .iter()
         .map(|r| {
@@ -381,7 +384,7 @@ pub(super) async fn nodes(inner: &Inner) -> Result<Vec<NodeReport>, StoreError> 
                 node: r.get(0),
                 admin: r.get(1),
                 started: r.get(2),
-                heartbeat: r.get(3),
+                heartbeat: now - r.get::<_, i64>(3).max(0),
                 sessions: json(4),
                 queue: json(5),
             }
