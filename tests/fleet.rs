@@ -15,7 +15,7 @@ use common::admin::Api;
 use common::net::LineConn;
 use common::ponte::Ponte;
 use common::postgres::Postgres;
-use common::world::{marker, World, ALICE, BOB, LISTENERS};
+use common::world::{marker, World, ALICE, BOB, DAVE, LISTENERS};
 use serde_json::{json, Value};
 
 /// Propagation bound the issue asks for.
@@ -331,22 +331,44 @@ fn postgres_down_keeps_routing_refuses_flips_and_catches_up() {
             store_up(&f.api(i)) == Some(true)
         });
     }
+    let (bob_new, alice_legacy) = (BOB.new_password.unwrap(), ALICE.legacy_password.unwrap());
+    // A session open across the outage, and a schedule falling due in it.
+    let mut kept = idling(f.node(1), ALICE.address, alice_legacy);
+    let at = time::OffsetDateTime::now_utc().unix_timestamp() + 3;
+    let at_text = time::OffsetDateTime::from_unix_timestamp(at)
+        .unwrap()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let (code, s) = f.api(0).send_json(
+        "POST",
+        "/api/schedules",
+        &json!({ "mailbox": DAVE.address, "state": "blackout", "at": at_text }),
+    );
+    assert_eq!(code, 201, "{s}");
+    let schedule = format!("schedule {} by ops", s["id"]);
     f.pg.stop();
     for i in 0..2 {
         wait_until("store seen down", Duration::from_secs(5), || {
             store_up(&f.api(i)) == Some(false)
         });
     }
-    // Logins keep their last known routes, on both nodes.
-    let (bob_new, alice_legacy) = (BOB.new_password.unwrap(), ALICE.legacy_password.unwrap());
-    for i in 0..2 {
-        let s = first_subject(f.node(i), BOB.address, bob_new);
-        assert!(s.contains(&marker("new", BOB.address)), "{s}");
-        let s = first_subject(f.node(i), ALICE.address, alice_legacy);
-        assert!(s.contains(&marker("legacy", ALICE.address)), "{s}");
+    // Traffic meanwhile: logins keep their last known routes, on both nodes.
+    let mut logins = 0;
+    while time::OffsetDateTime::now_utc().unix_timestamp() <= at + 1 {
+        for i in 0..2 {
+            let s = first_subject(f.node(i), BOB.address, bob_new);
+            assert!(s.contains(&marker("new", BOB.address)), "{s}");
+            let s = first_subject(f.node(i), ALICE.address, alice_legacy);
+            assert!(s.contains(&marker("legacy", ALICE.address)), "{s}");
+            logins += 2;
+        }
     }
+    println!("{logins} logins routed while PostgreSQL was down");
     let (code, _) = f.api(0).get("/readyz");
     assert_eq!(code, 200, "routing works: still ready");
+    // The due schedule waits for PostgreSQL.
+    let (_, m) = f.api(0).get(&format!("/api/mailboxes/{}", DAVE.address));
+    assert_eq!(m["route"], "legacy", "{m}");
     // A flip is refused with a clear error, through the API and ponte ctl.
     let (code, body) = set_mailbox(&f.api(0), ALICE.address, "migrated");
     assert_eq!(code, 503, "{body}");
@@ -365,19 +387,43 @@ fn postgres_down_keeps_routing_refuses_flips_and_catches_up() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("state store unavailable"), "{stderr}");
     println!("ponte ctl while PostgreSQL is down: {}", stderr.trim());
-    let idle_pw = ALICE.legacy_password.unwrap();
-    let mut idle = idling(f.node(1), ALICE.address, idle_pw);
-    // PostgreSQL back: both nodes reconnect, and a flip propagates again.
+    // The session opened before the outage is still served.
+    kept.send("DONE");
+    let done = kept.read_line();
+    assert!(done.starts_with("c OK"), "{done}");
+    assert!(kept.imap("d", "NOOP").is_ok());
+    kept.send("e IDLE");
+    let go = kept.read_line();
+    assert!(go.starts_with('+'), "{go}");
+    // PostgreSQL back: both nodes reconnect, the schedule is carried out
+    // once, and a flip propagates again.
     f.pg.start_again();
     for i in 0..2 {
         wait_until("store back up", Duration::from_secs(10), || {
             store_up(&f.api(i)) == Some(true)
         });
     }
+    wait_until(
+        "the waiting schedule carried out",
+        Duration::from_secs(5),
+        || {
+            (0..2).all(|i| {
+                let (_, m) = f.api(i).get(&format!("/api/mailboxes/{}", DAVE.address));
+                m["route"] == "read-only"
+            })
+        },
+    );
+    let runs = audit(&f.api(0))
+        .iter()
+        .filter(|e| {
+            e["who"] == schedule.as_str() && e["what"] == format!("mailbox {}", DAVE.address)
+        })
+        .count();
+    assert_eq!(runs, 1, "{schedule}");
     let flipped = Instant::now();
     let (code, body) = set_mailbox(&f.api(0), ALICE.address, "migrated");
     assert_eq!(code, 200, "{body}");
-    let (bye, took) = wait_bye(&mut idle, flipped, WITHIN);
+    let (bye, took) = wait_bye(&mut kept, flipped, WITHIN);
     println!("after PostgreSQL came back: BYE on node-b after {took:?}: {bye}");
     assert!(took < WITHIN);
     let new_pw = ALICE.new_password.unwrap();
