@@ -60,7 +60,8 @@ pub struct Payload {
     /// The node's name, for logs.
     pub node: String,
     /// The writing store's instance, unique per process start: a node
-    /// skips only its own changes, also if two nodes share a name.
+    /// knows its own notifications (it closed its own sessions of a kick
+    /// already), also if two nodes share a name.
     #[serde(default)]
     pub instance: String,
     pub event: Event,

@@ -210,12 +210,13 @@ impl Inner {
     /// Reloads what `event` names into the snapshot.
     pub(super) async fn refresh(&self, event: &Event) -> Result<(), StoreError> {
         let c = self.client().await?;
-        self.refresh_with(&**c, event).await
+        self.refresh_with(&c, event).await
     }
 
+    /// `c` is a connection, not a transaction: a full reload opens its own.
     pub(super) async fn refresh_with(
         &self,
-        c: &(impl GenericClient + Sync),
+        c: &tokio_postgres::Client,
         event: &Event,
     ) -> Result<(), StoreError> {
         let _ordered = self.refreshing.lock().await;
@@ -230,7 +231,7 @@ impl Inner {
         };
         match event {
             Event::All => {
-                let mut fresh = Some(load(self, c).await?);
+                let mut fresh = Some(self.load_consistent(c).await?);
                 write(&mut |s| {
                     if let Some(f) = fresh.take() {
                         *s = f;
@@ -291,6 +292,23 @@ impl Inner {
         }
         self.synced_now();
         Ok(())
+    }
+
+    /// The whole routing state as of one moment (one repeatable-read
+    /// snapshot): a change committed between the table reads must not
+    /// land half in it.
+    async fn load_consistent(&self, c: &tokio_postgres::Client) -> Result<Snapshot, StoreError> {
+        c.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .await
+            .map_err(|e| self.pg_error(e))?;
+        let loaded = load(self, c).await;
+        // Read only: ending it either way changes nothing. A pooled
+        // connection must not go back inside a transaction.
+        let end = if loaded.is_ok() { "COMMIT" } else { "ROLLBACK" };
+        let ended = c.batch_execute(end).await.map_err(|e| self.pg_error(e));
+        let snapshot = loaded?;
+        ended?;
+        Ok(snapshot)
     }
 }
 

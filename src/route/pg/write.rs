@@ -48,7 +48,7 @@ pub(super) async fn apply(
     tx.commit().await.map_err(pe)?;
     for e in &events {
         // Committed: a failed refresh is caught up by our own NOTIFY.
-        if let Err(err) = inner.refresh_with(&**c, e).await {
+        if let Err(err) = inner.refresh_with(&c, e).await {
             tracing::warn!(error = %err, "state store: snapshot refresh after a change failed");
         }
     }
@@ -128,7 +128,7 @@ pub(super) async fn restore(inner: &Inner, d: &Dump) -> Result<(), StoreError> {
     .map_err(pe)?;
     notify(&tx, inner, &Event::All).await?;
     tx.commit().await.map_err(pe)?;
-    inner.refresh_with(&**c, &Event::All).await
+    inner.refresh_with(&c, &Event::All).await
 }
 
 fn subject_columns(s: &Subject) -> (&'static str, &str) {
