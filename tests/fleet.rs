@@ -177,6 +177,23 @@ fn audit(api: &Api) -> Vec<Value> {
     body["audit"].as_array().cloned().unwrap_or_default()
 }
 
+/// Adds a schedule through `api`: `subject` (`{"domain": …}` or
+/// `{"mailbox": …}`) to `state`, due `secs` from now. Returns its id and
+/// when it is due (Unix seconds).
+fn schedule_in(api: &Api, subject: Value, state: &str, secs: i64) -> (u64, i64) {
+    let at = time::OffsetDateTime::now_utc().unix_timestamp() + secs;
+    let at_text = time::OffsetDateTime::from_unix_timestamp(at)
+        .unwrap()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let mut body = subject;
+    body["state"] = json!(state);
+    body["at"] = json!(at_text);
+    let (code, s) = api.send_json("POST", "/api/schedules", &body);
+    assert_eq!(code, 201, "{s}");
+    (s["id"].as_u64().expect("schedule id"), at)
+}
+
 /// Runs `ponte ctl ARGS` against `node`'s admin API.
 fn ctl(w: &World, node: &Ponte, args: &[&str]) -> Output {
     let url = format!("http://{}", node.addr("admin"));
@@ -273,18 +290,12 @@ fn a_schedule_is_carried_out_once_with_a_node_killed_just_before_it_is_due() {
     let pw = ALICE.legacy_password.unwrap();
     let mut idle = idling(f.node(1), ALICE.address, pw);
     // Due in 3 s, added on node Z, which is then killed just before.
-    let at = time::OffsetDateTime::now_utc().unix_timestamp() + 3;
-    let at_text = time::OffsetDateTime::from_unix_timestamp(at)
-        .unwrap()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap();
-    let (code, s) = Api::new(z.admin).send_json(
-        "POST",
-        "/api/schedules",
-        &json!({ "domain": "pec.example", "state": "migrated", "at": at_text }),
+    let (id, at) = schedule_in(
+        &Api::new(z.admin),
+        json!({ "domain": "pec.example" }),
+        "migrated",
+        3,
     );
-    assert_eq!(code, 201, "{s}");
-    let id = s["id"].as_u64().expect("schedule id");
     // The other nodes know of it (NOTIFY) before it is due.
     wait_until("schedule seen on node B", Duration::from_secs(2), || {
         let (_, l) = f.api(1).get("/api/schedules");
@@ -334,18 +345,8 @@ fn postgres_down_keeps_routing_refuses_flips_and_catches_up() {
     let (bob_new, alice_legacy) = (BOB.new_password.unwrap(), ALICE.legacy_password.unwrap());
     // A session open across the outage, and a schedule falling due in it.
     let mut kept = idling(f.node(1), ALICE.address, alice_legacy);
-    let at = time::OffsetDateTime::now_utc().unix_timestamp() + 3;
-    let at_text = time::OffsetDateTime::from_unix_timestamp(at)
-        .unwrap()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap();
-    let (code, s) = f.api(0).send_json(
-        "POST",
-        "/api/schedules",
-        &json!({ "mailbox": DAVE.address, "state": "blackout", "at": at_text }),
-    );
-    assert_eq!(code, 201, "{s}");
-    let schedule = format!("schedule {} by ops", s["id"]);
+    let (id, at) = schedule_in(&f.api(0), json!({ "mailbox": DAVE.address }), "blackout", 3);
+    let schedule = format!("schedule {id} by ops");
     f.pg.stop();
     for i in 0..2 {
         wait_until("store seen down", Duration::from_secs(5), || {
@@ -639,18 +640,12 @@ fn mail_spooled_on_two_nodes_shows_in_the_fleet_queue_and_is_delivered_when_anot
 #[test]
 fn a_schedule_due_while_every_node_was_down_runs_when_the_first_comes_back() {
     let mut f = Fleet::start(2);
-    let at = time::OffsetDateTime::now_utc().unix_timestamp() + 2;
-    let at_text = time::OffsetDateTime::from_unix_timestamp(at)
-        .unwrap()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap();
-    let (code, s) = f.api(0).send_json(
-        "POST",
-        "/api/schedules",
-        &json!({ "mailbox": ALICE.address, "state": "migrated", "at": at_text }),
+    let (id, at) = schedule_in(
+        &f.api(0),
+        json!({ "mailbox": ALICE.address }),
+        "migrated",
+        2,
     );
-    assert_eq!(code, 201, "{s}");
-    let id = s["id"].as_u64().expect("schedule id");
     for node in f.nodes.iter_mut() {
         if let Some(p) = node.take() {
             p.stop();
