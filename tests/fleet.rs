@@ -851,3 +851,46 @@ fn racing_nodes_claim_each_due_schedule_exactly_once() {
     }
     assert!(stores[0].schedules().expect("schedules").is_empty());
 }
+
+/// A large administration's list: 50,000 mailboxes imported on node A
+/// are routed by node B, which closes the sessions the import moved
+/// (a full reload: more rows changed than a notification names).
+#[test]
+fn a_fifty_thousand_mailbox_import_on_one_node_routes_on_another() {
+    let f = Fleet::start(2);
+    let (a, b) = (0, 1);
+    let pw = ALICE.legacy_password.unwrap();
+    let mut idle = idling(f.node(b), ALICE.address, pw);
+    let mut csv = String::from("address,state\n");
+    for i in 0..49_999 {
+        csv.push_str(&format!("user{i}@pec.example,blackout\n"));
+    }
+    csv.push_str(&format!("{},migrated\n", ALICE.address));
+    let file = f.world.dir.path().join("fleet-big.csv");
+    std::fs::write(&file, &csv).expect("write csv");
+    let started = Instant::now();
+    let (code, body) = f.api(a).call(
+        "POST",
+        "/api/import",
+        Some(("text/csv", &format!("@{}", file.display()))),
+    );
+    let imported = started.elapsed();
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["rows"], 50_000, "{body}");
+    let (bye, took) = wait_bye(&mut idle, started, imported + WITHIN);
+    println!(
+        "50,000 rows imported on node-a: answered after {imported:?}, BYE on node-b after {took:?}: {bye}"
+    );
+    assert!(took < imported + WITHIN, "BYE after {took:?}");
+    let (_, m) = f.api(b).get("/api/mailboxes/user49998@pec.example");
+    assert_eq!(m["route"], "read-only", "{m}");
+    let (_, status) = f.api(b).get("/api/status");
+    let pec = status["domains"]
+        .as_array()
+        .and_then(|l| l.iter().find(|d| d["name"] == "pec.example"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(pec["mailboxes"]["blackout"], 49_999, "{pec}");
+    let s = first_subject(f.node(b), ALICE.address, ALICE.new_password.unwrap());
+    assert!(s.contains(&marker("new", ALICE.address)), "{s}");
+}

@@ -436,9 +436,16 @@ impl Writer<'_> {
         changed.reverse();
         let records: Vec<_> = changed.iter().map(|c| (c.0.clone(), c.2.clone())).collect();
         insert_mailboxes(self.tx, self.inner, &records).await?;
+        // Named one by one only while few (`event` scans what it has).
+        let each = changed.len() <= MAX_MAILBOX_EVENTS;
+        if !each {
+            self.event(Event::All);
+        }
         for (address, old, rec) in changed {
             self.audit(wording::mailbox(&address, old, Some(&rec)));
-            self.event(Event::Mailbox(address));
+            if each {
+                self.event(Event::Mailbox(address));
+            }
         }
         Ok(())
     }
