@@ -16,6 +16,8 @@ use std::time::Duration;
 use common::admin::Api;
 use common::clients::curl;
 use common::net::LineConn;
+use common::ponte::Ponte;
+use common::postgres::Postgres;
 use common::webdriver::Browser;
 use common::world::{marker, World, ADMIN_TOKEN, ALICE, DAVE};
 use serde_json::Value;
@@ -999,4 +1001,44 @@ fn a_malformed_or_oversized_form_gets_the_dashboard_page_with_its_status() {
     assert!(r.body.contains("ponte ctl import"), "{}", r.body);
     let (_, dave) = api.get("/api/mailboxes/dave@pec.example");
     assert_eq!(dave["source"], "domain", "{dave}");
+
+    // On the embedded store there is no fleet to show.
+    let page = get(&w, &id, "/dashboard");
+    assert!(!page.body.contains("id=\"fleet\""), "a fleet section");
+}
+
+#[test]
+fn in_a_fleet_the_dashboard_lists_every_node_with_its_heartbeat() {
+    // Dropped in reverse: the nodes first, then the backends, PostgreSQL.
+    let pg = Postgres::start();
+    let w = World::backends_only("");
+    let a = Ponte::start(&w.fleet_config(&pg.url(), "node-a"));
+    let _b = Ponte::start(&w.fleet_config(&pg.url(), "node-b"));
+    let admin = a.addr("admin");
+    let (id, _) = sign_in_at(admin);
+    let start = std::time::Instant::now();
+    let fleet = loop {
+        let page = get_at(admin, &id, "/dashboard");
+        assert_eq!(page.status, 200, "{}", page.body);
+        let fleet = page
+            .body
+            .split("<section id=\"fleet\"")
+            .nth(1)
+            .and_then(|s| s.split("</section>").next())
+            .unwrap_or_default()
+            .to_string();
+        if fleet.contains("node-b") || start.elapsed() > Duration::from_secs(20) {
+            break fleet;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    assert!(fleet.contains("<h2 id=\"fleet-h\">Fleet</h2>"), "{fleet}");
+    assert!(
+        fleet.contains("node-a <span class=\"muted\">(this node)</span>"),
+        "{fleet}"
+    );
+    assert!(fleet.contains(">node-b<"), "{fleet}");
+    assert!(fleet.contains(&admin.to_string()), "{fleet}");
+    assert!(fleet.contains(" s ago<"), "{fleet}");
+    assert!(!fleet.contains("silent"), "{fleet}");
 }
