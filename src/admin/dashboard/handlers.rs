@@ -54,13 +54,14 @@ fn bad_query(r: QueryRejection) -> Response {
     unreadable(r.status(), &r.body_text())
 }
 
-/// An import over the size limit, whichever check caught it.
+/// A form (in practice an import) over the size limit, whichever check
+/// caught it.
 fn too_large() -> Response {
     refused(
         StatusCode::PAYLOAD_TOO_LARGE,
         &format!(
-            "The list is too large for the dashboard: at most {} MiB as the browser sends it \
-             (commas, @ and line breaks are sent as three bytes each). Use `ponte ctl import` for larger lists.",
+            "Too large for the dashboard: a form (an imported list) may be at most {} MiB as the browser \
+             sends it (commas, @ and line breaks are sent as three bytes each). Use `ponte ctl import` for larger lists.",
             MAX_IMPORT / (1024 * 1024)
         ),
     )
