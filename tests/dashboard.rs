@@ -8,13 +8,16 @@
 
 mod common;
 
-use std::net::TcpStream;
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use common::admin::Api;
 use common::clients::curl;
 use common::net::LineConn;
+use common::ponte::Ponte;
+use common::postgres::Postgres;
 use common::webdriver::Browser;
 use common::world::{marker, World, ADMIN_TOKEN, ALICE, DAVE};
 use serde_json::Value;
@@ -252,7 +255,12 @@ struct Reply {
 
 /// `curl -i` with extra arguments against the admin listener.
 fn http(w: &World, args: &[&str], path: &str) -> Reply {
-    let url = format!("http://{}{path}", w.addr("admin"));
+    http_at(w.addr("admin"), args, path)
+}
+
+/// `curl -i` with extra arguments against the admin listener at `admin`.
+fn http_at(admin: SocketAddr, args: &[&str], path: &str) -> Reply {
+    let url = format!("http://{admin}{path}");
     let mut all = vec!["-i"];
     all.extend_from_slice(args);
     all.push(&url);
@@ -455,13 +463,13 @@ fn without_a_session_or_from_another_site_nothing_is_shown_or_changed() {
 
 /// Signs in with curl; the session id and the page's CSRF token.
 fn sign_in(w: &World) -> (String, String) {
-    let r = post(
-        w,
-        "/dashboard/login",
-        None,
-        &[],
-        &format!("token={ADMIN_TOKEN}"),
-    );
+    sign_in_at(w.addr("admin"))
+}
+
+/// Signs in with curl at the admin listener `admin`.
+fn sign_in_at(admin: SocketAddr) -> (String, String) {
+    let token = format!("token={ADMIN_TOKEN}");
+    let r = http_at(admin, &["-X", "POST", "--data", &token], "/dashboard/login");
     assert_eq!(r.status, 303, "{}", r.headers);
     let id = r
         .headers
@@ -470,7 +478,7 @@ fn sign_in(w: &World) -> (String, String) {
         .and_then(|s| s.split(';').next())
         .expect("session cookie")
         .to_string();
-    let page = get(w, &id, "/dashboard");
+    let page = get_at(admin, &id, "/dashboard");
     let csrf = page
         .body
         .split("name=\"csrf\" value=\"")
@@ -482,8 +490,12 @@ fn sign_in(w: &World) -> (String, String) {
 }
 
 fn get(w: &World, id: &str, path: &str) -> Reply {
+    get_at(w.addr("admin"), id, path)
+}
+
+fn get_at(admin: SocketAddr, id: &str, path: &str) -> Reply {
     let cookie = format!("Cookie: ponte_dashboard={id}");
-    http(w, &["-H", &cookie], path)
+    http_at(admin, &["-H", &cookie], path)
 }
 
 /// Reviews `query` (must be 200 and contain `expect`), then confirms it;
@@ -697,7 +709,6 @@ fn each_action_is_reviewed_first_then_done_and_audited_under_the_token_name() {
 
 #[test]
 fn an_open_live_page_gets_updates_and_does_not_hold_up_shutdown() {
-    use std::io::Read as _;
     use std::process::{Command, Stdio};
 
     let mut w = world();
@@ -734,4 +745,300 @@ fn an_open_live_page_gets_updates_and_does_not_hold_up_shutdown() {
         Some(124),
         "curl timed out: the stream stayed open"
     );
+}
+
+/// Signs the browser in through the login form.
+fn browser_sign_in(b: &Browser, base: &str) {
+    b.goto(&format!("{base}/dashboard/login"));
+    b.type_into("#token", ADMIN_TOKEN);
+    b.click("form.login button");
+    b.wait_text("signed in as ops");
+}
+
+/// Sets the schedule form's local time as a script would, with or
+/// without the change event a user's input fires; the offset shown then.
+fn set_schedule_time(b: &Browser, value: &str, event: bool) -> String {
+    let script = format!(
+        "var at = document.getElementById('sc-at'); at.value = '{value}'; \
+         if ({event}) {{ at.dispatchEvent(new Event('change', {{bubbles: true}})); }} \
+         return document.getElementById('sc-tz').value;"
+    );
+    b.execute(&script).as_str().unwrap_or_default().to_string()
+}
+
+#[test]
+fn a_schedule_takes_the_offset_of_its_own_date_and_a_mailbox_schedule_is_cancelled_from_the_page() {
+    let w = world();
+    let api = Api::new(w.addr("admin"));
+    let base = format!("http://{}", w.addr("admin"));
+    // Rome: +01:00 in winter, +02:00 in summer; the machine is in UTC.
+    let b = Browser::start_in_zone(1280, 1400, "Europe/Rome");
+    browser_sign_in(&b, &base);
+    assert_eq!(
+        b.execute("return new Date('2030-07-01T08:00').getTimezoneOffset();"),
+        -120,
+        "the browser is not in the Rome time zone"
+    );
+
+    // The offset follows the chosen date, not today's.
+    assert_eq!(set_schedule_time(&b, "2030-07-01T08:00", true), "+02:00");
+    assert_eq!(set_schedule_time(&b, "2030-01-01T08:00", true), "+01:00");
+    assert_eq!(
+        set_schedule_time(&b, "2030-07-01T08:00:00.000", true),
+        "+02:00"
+    );
+
+    // A mailbox flip at 08:00 summer time; the time set without an event
+    // (the winter offset still in the field) is corrected on submit.
+    assert_eq!(set_schedule_time(&b, "2030-01-01T08:00", true), "+01:00");
+    b.click("#sc-kind option[value=\"mailbox\"]");
+    b.type_into("#sc-target", DAVE.address);
+    b.click("#sc-state option[value=\"migrated\"]");
+    set_schedule_time(&b, "2030-07-01T08:00", false);
+    b.click("#schedule button");
+    b.wait_text("At 2030-07-01 06:00:00Z (UTC) set mailbox dave@pec.example to migrated.");
+    b.click("form.confirm button");
+    b.wait_text("to migrated at 2030-07-01T06:00:00Z.");
+    let (_, list) = api.get("/api/schedules");
+    let sid = list["schedules"][0]["id"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no schedule: {list}"));
+    assert_eq!(
+        list["schedules"][0]["subject"],
+        serde_json::json!({"kind": "mailbox", "name": "dave@pec.example"}),
+        "{list}"
+    );
+
+    // Listed on the page with its cancel link; the review, then the cancel.
+    let table = b.text("#domains-live");
+    assert!(table.contains("Scheduled mailbox flips"), "{table}");
+    assert!(table.contains("dave@pec.example"), "{table}");
+    // Followed by its address: a live update may replace the link between
+    // finding and clicking it.
+    let link = b.execute(&format!(
+        "return document.querySelector('a[aria-label^=\"Cancel schedule {sid} \"]').href;"
+    ));
+    b.goto(
+        link.as_str()
+            .unwrap_or_else(|| panic!("no cancel link: {link}")),
+    );
+    b.wait_text(&format!(
+        "Cancel schedule {sid}: set mailbox dave@pec.example to migrated"
+    ));
+    assert_eq!(
+        api.get("/api/schedules").1["schedules"]
+            .as_array()
+            .map(Vec::len),
+        Some(1)
+    );
+    b.click("form.confirm button");
+    b.wait_text(&format!("Schedule {sid} cancelled."));
+    assert_eq!(
+        api.get("/api/schedules").1["schedules"],
+        serde_json::json!([])
+    );
+    assert!(!b.text("#domains-live").contains("Scheduled mailbox flips"));
+}
+
+/// Serves `html` to every request on a new loopback port (another origin
+/// than the dashboard's); its address.
+fn serve_page(html: String) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("address");
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut c) = conn else { return };
+            let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match c.read(&mut buf) {
+                    Ok(n) if n > 0 => head.extend_from_slice(&buf[..n]),
+                    _ => break,
+                }
+            }
+            let _ = write!(
+                c,
+                "HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{html}",
+                html.len()
+            );
+        }
+    });
+    addr
+}
+
+#[test]
+fn a_page_of_another_origin_cannot_post_a_flip_with_the_signed_in_browser() {
+    let w = world();
+    let api = Api::new(w.addr("admin"));
+    let base = format!("http://{}", w.addr("admin"));
+    let b = Browser::start(1280, 1000);
+    browser_sign_in(&b, &base);
+    // The worst case: the other page even knows the session's form token.
+    let csrf = b.execute("return document.querySelector('input[name=csrf]').value;");
+    let csrf = csrf.as_str().expect("a CSRF token").to_string();
+
+    // Another port of the same host: same-site for the browser, so it
+    // sends the SameSite=Strict cookie; only the origin check stands.
+    let evil = serve_page(format!(
+        "<!doctype html><html><body><form id=\"f\" method=\"post\" action=\"{base}/dashboard/do\">\
+         <input type=\"hidden\" name=\"action\" value=\"domain\">\
+         <input type=\"hidden\" name=\"domain\" value=\"pec.example\">\
+         <input type=\"hidden\" name=\"state\" value=\"excluded\">\
+         <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\"></form>\
+         <script>document.getElementById('f').submit();</script></body></html>"
+    ));
+    b.goto(&format!("http://{evil}/"));
+    b.wait_text("Cross-site request refused.");
+    assert_eq!(b.url(), format!("{base}/dashboard/do"));
+    let status = b.execute("return performance.getEntriesByType('navigation')[0].responseStatus;");
+    assert_eq!(status, 403);
+    assert_eq!(domain_state(&api, "pec.example"), "legacy");
+    assert!(
+        audit(&api).iter().all(|a| a["new"] != "excluded"),
+        "a refused post left an audit entry"
+    );
+
+    // The session itself is untouched: the dashboard's own form works.
+    b.goto(&format!("{base}/dashboard"));
+    b.wait_text("signed in as ops");
+    b.click("#fd-domain option[value=\"pec.example\"]");
+    b.click("#fd-state option[value=\"excluded\"]");
+    b.click("#flip-domain button");
+    b.click("form.confirm button");
+    b.wait_text("Domain pec.example: legacy → excluded");
+    assert_eq!(domain_state(&api, "pec.example"), "excluded");
+}
+
+#[track_caller]
+fn assert_dashboard_page(r: &Reply, status: u16, text: &str) {
+    assert_eq!(r.status, status, "{}{}", r.headers, r.body);
+    assert!(
+        r.headers.contains("content-type: text/html"),
+        "{}",
+        r.headers
+    );
+    assert!(r.body.contains(text), "{text:?} not in {}", r.body);
+    assert!(r.body.contains("Back to the dashboard"), "{}", r.body);
+}
+
+#[test]
+fn a_malformed_or_oversized_form_gets_the_dashboard_page_with_its_status() {
+    let w = world();
+    let api = Api::new(w.addr("admin"));
+    let (id, csrf) = sign_in(&w);
+
+    // A repeated field, in a review's query or an action's form.
+    let r = get(
+        &w,
+        &id,
+        "/dashboard/confirm?action=domain&action=mailbox&domain=pec.example&state=excluded",
+    );
+    assert_dashboard_page(&r, 400, "The form could not be read");
+    assert!(r.body.contains("duplicate field"), "{}", r.body);
+    let flip = format!("action=domain&domain=pec.example&state=excluded&csrf={csrf}");
+    let r = post(
+        &w,
+        "/dashboard/do",
+        Some(&id),
+        &[],
+        &format!("{flip}&state=legacy"),
+    );
+    assert_dashboard_page(&r, 422, "duplicate field");
+    // Not a form at all.
+    let r = post(
+        &w,
+        "/dashboard/do",
+        Some(&id),
+        &["Content-Type: application/json"],
+        &flip,
+    );
+    assert_dashboard_page(&r, 415, "The form could not be read");
+    let r = post(
+        &w,
+        "/dashboard/import",
+        Some(&id),
+        &[],
+        &format!("csrf={csrf}&csv=a&csv=b"),
+    );
+    assert_dashboard_page(&r, 422, "duplicate field");
+    assert_eq!(domain_state(&api, "pec.example"), "legacy");
+
+    // A list whose text is under the limit but whose URL-encoded form is
+    // over it (each `@`, `,` and line break is sent as three bytes).
+    let mut body = format!("csrf={csrf}&csv=");
+    let mut text = 0;
+    for i in 0.. {
+        let row = format!("u{i:07}@pec.example,legacy\n");
+        text += row.len();
+        if text > 14 * 1024 * 1024 {
+            break;
+        }
+        body.extend(url::form_urlencoded::byte_serialize(row.as_bytes()));
+    }
+    assert!(body.len() > 16 * 1024 * 1024 + 64 * 1024, "{}", body.len());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("import.form");
+    std::fs::write(&file, &body).expect("write the form");
+    let cookie = format!("Cookie: ponte_dashboard={id}");
+    let data = format!("@{}", file.display());
+    // No `Expect: 100-continue`: one response head to read.
+    let r = http(
+        &w,
+        &[
+            "-X",
+            "POST",
+            "-H",
+            &cookie,
+            "-H",
+            "Expect:",
+            "--data-binary",
+            &data,
+        ],
+        "/dashboard/import",
+    );
+    assert_dashboard_page(&r, 413, "at most 16 MiB as the browser sends it");
+    assert!(r.body.contains("ponte ctl import"), "{}", r.body);
+    let (_, dave) = api.get("/api/mailboxes/dave@pec.example");
+    assert_eq!(dave["source"], "domain", "{dave}");
+
+    // On the embedded store there is no fleet to show.
+    let page = get(&w, &id, "/dashboard");
+    assert!(!page.body.contains("id=\"fleet\""), "a fleet section");
+}
+
+#[test]
+fn in_a_fleet_the_dashboard_lists_every_node_with_its_heartbeat() {
+    // Dropped in reverse: the nodes first, then the backends, PostgreSQL.
+    let pg = Postgres::start();
+    let w = World::backends_only("");
+    let a = Ponte::start(&w.fleet_config(&pg.url(), "node-a"));
+    let _b = Ponte::start(&w.fleet_config(&pg.url(), "node-b"));
+    let admin = a.addr("admin");
+    let (id, _) = sign_in_at(admin);
+    let start = std::time::Instant::now();
+    let fleet = loop {
+        let page = get_at(admin, &id, "/dashboard");
+        assert_eq!(page.status, 200, "{}", page.body);
+        let fleet = page
+            .body
+            .split("<section id=\"fleet\"")
+            .nth(1)
+            .and_then(|s| s.split("</section>").next())
+            .unwrap_or_default()
+            .to_string();
+        if fleet.contains("node-b") || start.elapsed() > Duration::from_secs(20) {
+            break fleet;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    assert!(fleet.contains("<h2 id=\"fleet-h\">Fleet</h2>"), "{fleet}");
+    assert!(
+        fleet.contains("node-a <span class=\"muted\">(this node)</span>"),
+        "{fleet}"
+    );
+    assert!(fleet.contains(">node-b<"), "{fleet}");
+    assert!(fleet.contains(&admin.to_string()), "{fleet}");
+    assert!(fleet.contains(" s ago<"), "{fleet}");
+    assert!(!fleet.contains("silent"), "{fleet}");
 }

@@ -30,13 +30,28 @@ impl Browser {
     /// Starts chromedriver and a headless Chromium window of `width` ×
     /// `height` pixels. Panics with the reason if either cannot start.
     pub fn start(width: u32, height: u32) -> Browser {
+        Browser::start_in(width, height, None)
+    }
+
+    /// As [`Browser::start`], with the browser's local time in the time
+    /// zone `tz` (e.g. `Europe/Rome`) instead of the machine's.
+    pub fn start_in_zone(width: u32, height: u32, tz: &str) -> Browser {
+        Browser::start_in(width, height, Some(tz))
+    }
+
+    fn start_in(width: u32, height: u32, tz: Option<&str>) -> Browser {
         let port = super::net::free_port();
         let logs = tempfile::Builder::new()
             .prefix("chromedriver-")
             .tempdir()
             .expect("tempdir");
         let log = logs.path().join("chromedriver.log");
-        let driver = Command::new("chromedriver")
+        let mut command = Command::new("chromedriver");
+        // The browser inherits the driver's environment.
+        if let Some(tz) = tz {
+            command.env("TZ", tz);
+        }
+        let driver = command
             .arg(format!("--port={port}"))
             .arg(format!("--log-path={}", log.display()))
             .stdout(Stdio::null())

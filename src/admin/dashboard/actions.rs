@@ -78,14 +78,20 @@ fn state_of(form: &Form) -> Result<MailboxState, String> {
     need(&form.state, "state")?.parse()
 }
 
-/// `at` as RFC 3339, or `YYYY-MM-DDTHH:MM[:SS]` (a datetime-local field)
-/// with `tz` (`+02:00`) as its UTC offset.
+/// `at` as RFC 3339, or a datetime-local field's value
+/// (`YYYY-MM-DDTHH:MM`, `…:SS` or `…:SS.fff`: browsers send seconds when
+/// the field's step asks for them) with `tz` (`+02:00`) as its UTC offset.
 fn parse_at(at: &str, tz: Option<&str>) -> Result<i64, String> {
     use time::format_description::well_known::Rfc3339;
-    let full = if at.len() > 19 || at.ends_with('Z') {
+    let clock = at.split_once('T').map_or("", |(_, c)| c);
+    let full = if clock.contains(['Z', 'z', '+', '-']) {
         at.to_string()
     } else {
-        let secs = if at.len() == 16 { ":00" } else { "" };
+        let secs = if clock.matches(':').count() == 1 {
+            ":00"
+        } else {
+            ""
+        };
         let tz = tz
             .map(str::trim)
             .filter(|t| !t.is_empty())
@@ -601,5 +607,34 @@ mod tests {
         assert!(Action::parse(&form(&[("action", "hold"), ("id", "zz")])).is_err());
         assert!(Action::parse(&form(&[("action", "drop-tables")])).is_err());
         assert_eq!(parse_at("2026-04-28T06:00:00Z", None).unwrap(), 1777356000);
+    }
+
+    #[test]
+    fn accepts_every_form_a_datetime_local_field_sends() {
+        let at = 1796630400; // 2026-12-07T08:00:00Z
+        for value in [
+            "2026-12-07T09:00",
+            "2026-12-07T09:00:00",
+            "2026-12-07T09:00:00.000",
+            "2026-12-07T09:00:00.5",
+        ] {
+            assert_eq!(parse_at(value, Some("+01:00")), Ok(at), "{value}");
+        }
+        assert_eq!(parse_at("2026-12-07T08:00:00.000", None), Ok(at));
+        assert_eq!(
+            parse_at("2026-12-07T09:00:00+01:00", Some("+05:00")),
+            Ok(at)
+        );
+        assert_eq!(parse_at("2026-12-07T03:00:00-05:00", None), Ok(at));
+        for bad in [
+            "2026-12-07",
+            "2026-12-07T09",
+            "2026-12-07T9:00",
+            "tomorrow",
+            "",
+        ] {
+            assert!(parse_at(bad, Some("+01:00")).is_err(), "{bad}");
+        }
+        assert!(parse_at("2026-12-07T09:00", Some("CET")).is_err());
     }
 }

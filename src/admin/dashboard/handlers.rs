@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::rejection::{FormRejection, QueryRejection};
 use axum::extract::{FromRequestParts, Query, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, Method, StatusCode};
@@ -33,6 +34,37 @@ pub fn refused(status: StatusCode, text: &str) -> Response {
         esc(text)
     );
     (status, Html(page("Refused", None, &body))).into_response()
+}
+
+/// A form or query the extractor could not read (a repeated field, a
+/// wrong content type, a body over the size limit): the dashboard's own
+/// page with the extractor's status, instead of axum's plain text.
+fn unreadable(status: StatusCode, detail: &str) -> Response {
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        return too_large();
+    }
+    refused(status, &format!("The form could not be read: {detail}"))
+}
+
+fn bad_form(r: FormRejection) -> Response {
+    unreadable(r.status(), &r.body_text())
+}
+
+fn bad_query(r: QueryRejection) -> Response {
+    unreadable(r.status(), &r.body_text())
+}
+
+/// A form (in practice an import) over the size limit, whichever check
+/// caught it.
+fn too_large() -> Response {
+    refused(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        &format!(
+            "Too large for the dashboard: a form (an imported list) may be at most {} MiB as the browser \
+             sends it (commas, @ and line breaks are sent as three bytes each). Use `ponte ctl import` for larger lists.",
+            MAX_IMPORT / (1024 * 1024)
+        ),
+    )
 }
 
 /// The session cookie's value in the request, if any.
@@ -95,7 +127,11 @@ pub struct LoginForm {
     token: String,
 }
 
-pub async fn login(State(s): St, Form(form): Form<LoginForm>) -> Response {
+pub async fn login(State(s): St, form: Result<Form<LoginForm>, FormRejection>) -> Response {
+    let form = match form {
+        Ok(Form(f)) => f,
+        Err(r) => return bad_form(r),
+    };
     let Some(token) = crate::admin::auth::find(&s.tokens, form.token.trim()) else {
         warn!("dashboard sign-in refused: wrong token");
         tokio::time::sleep(WRONG_TOKEN_DELAY).await;
@@ -124,7 +160,15 @@ pub struct CsrfOnly {
     csrf: Option<String>,
 }
 
-pub async fn logout(State(s): St, who: Signed, Form(form): Form<CsrfOnly>) -> Response {
+pub async fn logout(
+    State(s): St,
+    who: Signed,
+    form: Result<Form<CsrfOnly>, FormRejection>,
+) -> Response {
+    let form = match form {
+        Ok(Form(f)) => f,
+        Err(r) => return bad_form(r),
+    };
     if let Err(r) = check_csrf(&who, form.csrf.as_deref()) {
         return *r;
     }
@@ -209,7 +253,15 @@ fn review(
     Html(page(title, Some((&who.name, &who.csrf)), &body)).into_response()
 }
 
-pub async fn confirm(State(s): St, who: Signed, Query(form): Query<ActionForm>) -> Response {
+pub async fn confirm(
+    State(s): St,
+    who: Signed,
+    form: Result<Query<ActionForm>, QueryRejection>,
+) -> Response {
+    let form = match form {
+        Ok(Query(f)) => f,
+        Err(r) => return bad_query(r),
+    };
     let action = match Action::parse(&form) {
         Ok(a) => a,
         Err(e) => return refused(StatusCode::BAD_REQUEST, &e),
@@ -220,7 +272,15 @@ pub async fn confirm(State(s): St, who: Signed, Query(form): Query<ActionForm>) 
     }
 }
 
-pub async fn perform(State(s): St, who: Signed, Form(form): Form<ActionForm>) -> Response {
+pub async fn perform(
+    State(s): St,
+    who: Signed,
+    form: Result<Form<ActionForm>, FormRejection>,
+) -> Response {
+    let form = match form {
+        Ok(Form(f)) => f,
+        Err(r) => return bad_form(r),
+    };
     if let Err(r) = check_csrf(&who, form.csrf.as_deref()) {
         return *r;
     }
@@ -273,15 +333,22 @@ pub struct ImportForm {
 
 /// Checks an uploaded list without applying it: the per-row error report,
 /// or a review of what it will change.
-pub async fn import(State(s): St, who: Signed, Form(form): Form<ImportForm>) -> Response {
+pub async fn import(
+    State(s): St,
+    who: Signed,
+    form: Result<Form<ImportForm>, FormRejection>,
+) -> Response {
+    let form = match form {
+        Ok(Form(f)) => f,
+        Err(r) => return bad_form(r),
+    };
     if let Err(r) = check_csrf(&who, form.csrf.as_deref()) {
         return *r;
     }
+    // The body limit (`MAX_FORM`) already bounds the text; this keeps
+    // what a session stashes bounded whatever that limit becomes.
     if form.csv.len() > MAX_IMPORT {
-        return refused(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "The list is too large for the dashboard: use `ponte ctl import`.",
-        );
+        return too_large();
     }
     let control = s.control.clone();
     let state = s.clone();

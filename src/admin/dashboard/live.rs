@@ -70,8 +70,8 @@ pub async fn events(State(s): State<Arc<AdminState>>, who: Signed) -> Response {
                 _ = tokio::time::sleep(EVERY) => {}
             }
         }
-        st.first = false;
-        let event = next_event(&mut st).await;
+        let first = std::mem::replace(&mut st.first, false);
+        let event = next_event(&mut st, first).await;
         Some((Ok::<Event, Infallible>(event), st))
     });
     Sse::new(events)
@@ -80,13 +80,15 @@ pub async fn events(State(s): State<Arc<AdminState>>, who: Signed) -> Response {
 }
 
 /// The next event: fresh sections, or `signed-out` (and the end) once the
-/// session is gone.
-async fn next_event(st: &mut Stream) -> Event {
+/// session is gone. A stream's `first` event is rendered anew: its page
+/// was just loaded (often right after an action), and a shared rendering
+/// from before that would undo the page's own news until the next tick.
+async fn next_event(st: &mut Stream, first: bool) -> Event {
     if !st.state.dashboard.sessions.alive(&st.who) {
         st.done = true;
         return Event::default().event("signed-out").data("");
     }
-    match rendered(&st.state).await {
+    match rendered(&st.state, first).await {
         Ok(json) => Event::default().event("update").data(json.as_str()),
         Err(e) => Event::default()
             .event("problem")
@@ -95,11 +97,12 @@ async fn next_event(st: &mut Stream) -> Event {
 }
 
 /// The live sections as JSON, shared by every stream for [`FRESH`]: the
-/// cost of a tick does not grow with the number of pages open.
-async fn rendered(s: &AdminState) -> Result<Arc<String>, crate::control::ControlError> {
+/// cost of a tick does not grow with the number of pages open. `anew`
+/// renders them whatever the shared copy's age (and shares the result).
+async fn rendered(s: &AdminState, anew: bool) -> Result<Arc<String>, crate::control::ControlError> {
     let cache = &s.dashboard.rendered;
     if let Some((at, json)) = cache.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
-        if at.elapsed() < FRESH {
+        if !anew && at.elapsed() < FRESH {
             return Ok(json.clone());
         }
     }

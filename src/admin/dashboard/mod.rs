@@ -60,8 +60,10 @@ pub struct Dashboard {
 
 /// Live-update streams open at once, all sessions together.
 const MAX_STREAMS: usize = 32;
-/// Largest dashboard form (a CSV import).
-const MAX_FORM: usize = session::MAX_IMPORT + 64 * 1024;
+/// Largest dashboard form body as sent (URL-encoded): an import of
+/// `MAX_IMPORT` bytes as sent, and its CSRF field. Over it, the form's
+/// rejection gets the same "too large" page as the import's own check.
+const MAX_FORM: usize = session::MAX_IMPORT + 1024;
 
 impl Dashboard {
     /// A dashboard whose charts sample every `interval`, until `stop`.

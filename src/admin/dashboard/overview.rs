@@ -1,6 +1,7 @@
 //! What the main page shows, read in one go from the control plane: the
 //! domains with their states and counts, live sessions, the spool,
-//! backend health, schedules and the recent audit log.
+//! backend health, schedules, the recent audit log and, in a fleet, each
+//! node's last heartbeat.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -9,7 +10,7 @@ use crate::config::DomainConfig;
 use crate::control::{Control, ControlError};
 use crate::net::health;
 use crate::registry::Entry;
-use crate::route::{now_unix, AuditEntry, MailboxState, Schedule};
+use crate::route::{now_unix, AuditEntry, MailboxState, NodeReport, Schedule};
 use crate::spool::{self, Stats};
 
 /// States in the order the page lists them.
@@ -54,12 +55,17 @@ pub struct Overview {
     pub audit: Result<Vec<AuditEntry>, String>,
     /// Logins (ok, failed) since start.
     pub logins: (u64, u64),
+    /// Every node's last heartbeat; `None` outside a fleet (the embedded
+    /// store), an error while the shared store cannot be read.
+    pub fleet: Option<Result<Vec<NodeReport>, String>>,
+    /// This node's name in the fleet.
+    pub node: String,
 }
 
 impl Overview {
     /// Reads everything; store reads run on the blocking pool.
     pub async fn gather(control: &Arc<Control>) -> Result<Overview, ControlError> {
-        let (domains, schedules, audit) = control.blocking(read_store).await?;
+        let (domains, schedules, audit, fleet) = control.blocking(read_store).await?;
         let queue = match control.queue_stats().await {
             Ok(stats) => {
                 let (oldest, listed_of) = control.queue_oldest(MESSAGES_SHOWN).await?;
@@ -87,6 +93,8 @@ impl Overview {
             schedules,
             audit,
             logins: ctx.observed.logins(),
+            fleet,
+            node: ctx.config.state.node(),
         })
     }
 
@@ -105,6 +113,7 @@ type StoreView = (
     Vec<DomainRow>,
     Vec<Schedule>,
     Result<Vec<AuditEntry>, String>,
+    Option<Result<Vec<NodeReport>, String>>,
 );
 
 fn read_store(control: &Control) -> Result<StoreView, ControlError> {
@@ -131,7 +140,8 @@ fn read_store(control: &Control) -> Result<StoreView, ControlError> {
     let mut schedules = store.schedules()?;
     schedules.sort_by_key(|s| (s.at, s.id));
     let audit = store.audit(AUDIT_SHOWN).map_err(|e| e.to_string());
-    Ok((domains, schedules, audit))
+    let fleet = store.fleet().map_err(|e| e.to_string()).transpose();
+    Ok((domains, schedules, audit, fleet))
 }
 
 /// The route label a live login gets in `state` (as the router decides

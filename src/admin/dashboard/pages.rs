@@ -9,33 +9,41 @@ use super::chart;
 use super::history::Sample;
 use super::html::{csrf_field, duration, esc, number, query, td, tfoot, thead, time};
 use super::overview::{Overview, MESSAGES_SHOWN, STATES};
-use crate::route::Subject;
+use crate::control::fleet::HEARTBEAT;
+use crate::route::{NodeReport, Schedule, Subject};
 
 /// Sessions listed one by one (the counts per route cover them all).
 const SESSIONS_LISTED: usize = 50;
 
-/// The live sections: (element id, heading, renderer).
+/// The live sections: (element id, heading, renderer). A renderer's
+/// `None`: the section does not apply to this node (the fleet's, on the
+/// embedded store).
 type Section = (
     &'static str,
     &'static str,
-    fn(&Overview, &[Sample], u64) -> String,
+    fn(&Overview, &[Sample], u64) -> Option<String>,
 );
 
-const SECTIONS: [Section; 7] = [
-    ("summary", "At a glance", |o, _, _| summary(o)),
-    ("domains", "Domains", |o, _, _| domains(o)),
-    ("sessions", "Live sessions", |o, _, _| sessions(o)),
-    ("spool", "Inbound queue", |o, _, _| spool(o)),
-    ("backends", "Backends", |o, _, _| backends(o)),
-    ("charts", "Last hours", |_, h, i| chart::charts(h, i)),
-    ("audit", "Recent changes", |o, _, _| audit(o)),
+const SECTIONS: [Section; 8] = [
+    ("summary", "At a glance", |o, _, _| Some(summary(o))),
+    ("domains", "Domains", |o, _, _| Some(domains(o))),
+    ("sessions", "Live sessions", |o, _, _| Some(sessions(o))),
+    ("spool", "Inbound queue", |o, _, _| Some(spool(o))),
+    ("fleet", "Fleet", |o, _, _| {
+        o.fleet.as_ref().map(|f| fleet(f, o.now, &o.node))
+    }),
+    ("backends", "Backends", |o, _, _| Some(backends(o))),
+    ("charts", "Last hours", |_, h, i| Some(chart::charts(h, i))),
+    ("audit", "Recent changes", |o, _, _| Some(audit(o))),
 ];
 
 /// Each live section's HTML by element id, for the event stream.
 pub fn live_json(o: &Overview, history: &[Sample], interval: u64) -> Value {
     let mut map = serde_json::Map::new();
     for (id, _, render) in SECTIONS {
-        map.insert(format!("{id}-live"), json!(render(o, history, interval)));
+        if let Some(html) = render(o, history, interval) {
+            map.insert(format!("{id}-live"), json!(html));
+        }
     }
     Value::Object(map)
 }
@@ -60,17 +68,20 @@ pub fn main(
             esc(text)
         );
     }
+    let shown: Vec<(&str, &str, String)> = SECTIONS
+        .iter()
+        .filter_map(|(id, heading, render)| Some((*id, *heading, render(o, history, interval)?)))
+        .collect();
     out.push_str("<nav aria-label=\"Sections\"><ul class=\"toc\">");
-    for (id, heading, _) in SECTIONS {
+    for (id, heading, _) in &shown {
         let _ = write!(out, "<li><a href=\"#{id}\">{heading}</a></li>");
     }
     out.push_str("<li><a href=\"#actions\">Actions</a></li></ul></nav>");
-    for (id, heading, render) in SECTIONS {
+    for (id, heading, html) in &shown {
         let _ = write!(
             out,
             "<section id=\"{id}\" aria-labelledby=\"{id}-h\"><h2 id=\"{id}-h\">{heading}</h2>\
-             <div id=\"{id}-live\">{}</div></section>",
-            render(o, history, interval)
+             <div id=\"{id}-live\">{html}</div></section>",
         );
     }
     out.push_str(&actions(o, csrf, backends));
@@ -177,6 +188,51 @@ fn domains(o: &Overview) -> String {
         out.push_str("</tr>");
     }
     tfoot(&mut out);
+    out.push_str(&other_schedules(o));
+    out
+}
+
+/// A link to the review page that cancels schedule `s`.
+fn cancel_link(s: &Schedule) -> String {
+    review_link(
+        &[("action", "unschedule"), ("id", &s.id.to_string())],
+        "cancel",
+        &format!("Cancel schedule {} ({} to {})", s.id, s.subject, s.state),
+    )
+}
+
+/// The pending schedules the domain rows do not show: those of mailboxes
+/// (and of a domain no longer configured), each with its cancel link.
+fn other_schedules(o: &Overview) -> String {
+    let listed = |s: &Schedule| matches!(&s.subject, Subject::Domain(d) if o.domains.iter().any(|r| &r.name == d));
+    let others: Vec<&Schedule> = o.schedules.iter().filter(|s| !listed(s)).collect();
+    if others.is_empty() {
+        return String::new();
+    }
+    let mut out = String::new();
+    thead(
+        &mut out,
+        "Scheduled mailbox flips, soonest first",
+        &["Mailbox", "New state", "At", "Added by", "Cancel"],
+    );
+    for s in others {
+        let of = match &s.subject {
+            Subject::Mailbox(m) => esc(m),
+            Subject::Domain(d) => format!("domain {} (not configured)", esc(d)),
+        };
+        out.push_str("<tr>");
+        td(&mut out, "Mailbox", &of);
+        td(
+            &mut out,
+            "New state",
+            &format!("<span class=\"state s-{0}\">{0}</span>", s.state),
+        );
+        td(&mut out, "At", &time(s.at));
+        td(&mut out, "Added by", &esc(&s.by));
+        td(&mut out, "Cancel", &cancel_link(s));
+        out.push_str("</tr>");
+    }
+    tfoot(&mut out);
     out
 }
 
@@ -192,11 +248,7 @@ fn schedules_of(o: &Overview, subject: &Subject) -> String {
                 esc(s.state.as_str()),
                 time(s.at),
                 esc(&s.by),
-                review_link(
-                    &[("action", "unschedule"), ("id", &s.id.to_string())],
-                    "cancel",
-                    &format!("Cancel schedule {}", s.id)
-                )
+                cancel_link(s)
             )
         })
         .collect();
@@ -343,6 +395,78 @@ fn or_null(sender: &str) -> &str {
     } else {
         sender
     }
+}
+
+/// Each node's last heartbeat, as it published it. A node silent for
+/// three heartbeats is marked: it may be down or cut off from the store.
+fn fleet(nodes: &Result<Vec<NodeReport>, String>, now: i64, this: &str) -> String {
+    let nodes = match nodes {
+        Ok(n) => n,
+        Err(e) => {
+            return format!(
+                "<p role=\"alert\">The fleet's heartbeats cannot be read now: {}</p>",
+                esc(e)
+            )
+        }
+    };
+    if nodes.is_empty() {
+        return "<p>No node has published a heartbeat yet.</p>".into();
+    }
+    let mut out = String::new();
+    thead(
+        &mut out,
+        &format!(
+            "Each node's last heartbeat (sent every {} s)",
+            HEARTBEAT.as_secs()
+        ),
+        &[
+            "Node",
+            "Admin API",
+            "Heartbeat",
+            "Up since",
+            "Sessions",
+            "Spooled messages",
+        ],
+    );
+    let stale = 3 * HEARTBEAT.as_secs() as i64;
+    for n in nodes {
+        let age = now - n.heartbeat;
+        let mut name = esc(&n.node);
+        if n.node == this {
+            name.push_str(" <span class=\"muted\">(this node)</span>");
+        }
+        let heartbeat = if age > stale {
+            format!("<span class=\"bad\">{} ago: silent</span>", duration(age))
+        } else {
+            format!("{} ago", duration(age))
+        };
+        let figure = |v: &Value| v.as_u64().map_or("—".into(), number);
+        let spooled = if n.queue.is_null() {
+            "no inbound listener".to_string()
+        } else {
+            let held = n.queue["held"].as_u64().unwrap_or(0);
+            let held = if held > 0 {
+                format!(" ({} held)", number(held))
+            } else {
+                String::new()
+            };
+            format!("{}{held}", figure(&n.queue["messages"]))
+        };
+        out.push_str("<tr>");
+        td(&mut out, "Node", &name);
+        td(
+            &mut out,
+            "Admin API",
+            &esc(n.admin.as_deref().unwrap_or("—")),
+        );
+        td(&mut out, "Heartbeat", &heartbeat);
+        td(&mut out, "Up since", &time(n.started));
+        td(&mut out, "Sessions", &figure(&n.sessions["total"]));
+        td(&mut out, "Spooled messages", &spooled);
+        out.push_str("</tr>");
+    }
+    tfoot(&mut out);
+    out
 }
 
 fn backends(o: &Overview) -> String {
@@ -521,4 +645,124 @@ pub fn login(error: Option<&str>) -> String {
          <p class=\"muted\">The token of the admin API (a line of the token file). It is checked once; the browser keeps only a session cookie.</p>",
     );
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn node(name: &str, heartbeat: i64, queue: Value) -> NodeReport {
+        NodeReport {
+            node: name.into(),
+            admin: Some("127.0.0.1:8025".into()),
+            started: 1_796_600_000,
+            heartbeat,
+            sessions: json!({"total": 1234, "by_route": {"legacy": 1234}}),
+            queue,
+        }
+    }
+
+    #[test]
+    fn the_fleet_lists_each_node_and_marks_the_silent_ones() {
+        let now = 1_796_630_400;
+        let nodes = vec![
+            node(
+                "mx-a",
+                now - 2,
+                json!({"messages": 7, "bytes": 1, "held": 2, "oldest_age_seconds": 5, "by_domain": {}}),
+            ),
+            node("mx-<b>", now - 600, Value::Null),
+        ];
+        let html = fleet(&Ok(nodes), now, "mx-a");
+        assert!(
+            html.contains("mx-a <span class=\"muted\">(this node)</span>"),
+            "{html}"
+        );
+        assert!(html.contains(">2 s ago<"), "{html}");
+        assert!(html.contains(">1,234<"), "{html}");
+        assert!(html.contains(">7 (2 held)<"), "{html}");
+        assert!(html.contains("mx-&lt;b&gt;"), "{html}");
+        assert!(html.contains("10 min ago: silent"), "{html}");
+        assert!(html.contains("no inbound listener"), "{html}");
+        assert!(!html.contains("<b>"), "{html}");
+
+        let empty = fleet(&Ok(vec![]), now, "mx-a");
+        assert!(empty.contains("No node has published"), "{empty}");
+        let down = fleet(&Err("connection <refused>".into()), now, "mx-a");
+        assert!(
+            down.contains("cannot be read now: connection &lt;refused&gt;"),
+            "{down}"
+        );
+    }
+
+    fn overview(
+        schedules: Vec<Schedule>,
+        fleet: Option<Result<Vec<NodeReport>, String>>,
+    ) -> Overview {
+        Overview {
+            now: 1_796_630_400,
+            domains: vec![],
+            sessions: vec![],
+            queue: None,
+            backends: vec![],
+            schedules,
+            audit: Ok(vec![]),
+            logins: (0, 0),
+            fleet,
+            node: "mx-a".into(),
+        }
+    }
+
+    #[test]
+    fn the_fleet_section_is_shown_only_in_a_fleet() {
+        let page = main(&overview(vec![], None), &[], 60, "t", None, &[]);
+        assert!(!page.contains("id=\"fleet\""), "{page}");
+        assert!(!page.contains("href=\"#fleet\""), "{page}");
+        assert!(live_json(&overview(vec![], None), &[], 60)
+            .get("fleet-live")
+            .is_none());
+        let o = overview(
+            vec![],
+            Some(Ok(vec![node("mx-a", 1_796_630_398, Value::Null)])),
+        );
+        let page = main(&o, &[], 60, "t", None, &[]);
+        assert!(page.contains("<h2 id=\"fleet-h\">Fleet</h2>"), "{page}");
+        assert!(page.contains("href=\"#fleet\""), "{page}");
+        assert!(live_json(&o, &[], 60)["fleet-live"]
+            .as_str()
+            .is_some_and(|h| h.contains("mx-a")));
+    }
+
+    #[test]
+    fn mailbox_schedules_are_listed_with_a_cancel_link() {
+        let sch = |id, subject| Schedule {
+            id,
+            subject,
+            state: crate::route::MailboxState::Migrated,
+            at: 1_796_716_800,
+            by: "ops".into(),
+            created: 0,
+        };
+        let o = overview(
+            vec![
+                sch(3, Subject::Mailbox("a+b@pec.example".into())),
+                sch(4, Subject::Domain("gone.example".into())),
+            ],
+            None,
+        );
+        let html = domains(&o);
+        assert!(html.contains("Scheduled mailbox flips"), "{html}");
+        assert!(html.contains(">a+b@pec.example<"), "{html}");
+        assert!(
+            html.contains("href=\"/dashboard/confirm?action=unschedule&amp;id=3\""),
+            "{html}"
+        );
+        assert!(
+            html.contains("domain gone.example (not configured)"),
+            "{html}"
+        );
+        assert!(html.contains("action=unschedule&amp;id=4"), "{html}");
+        assert!(!domains(&overview(vec![], None)).contains("Scheduled mailbox flips"));
+    }
 }

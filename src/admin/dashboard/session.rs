@@ -24,7 +24,8 @@ pub const LIFETIME: Duration = Duration::from_secs(8 * 3600);
 pub const IDLE: Duration = Duration::from_secs(30 * 60);
 /// Live-update streams one session may hold open (a few tabs).
 pub const MAX_STREAMS: usize = 4;
-/// Largest CSV kept between an import's review and its confirmation.
+/// Largest CSV import, counted as the browser sends it (URL-encoded);
+/// also bounds the text kept between its review and confirmation.
 pub const MAX_IMPORT: usize = 16 * 1024 * 1024;
 
 /// The cookie's name.

@@ -10,16 +10,34 @@
     insecure.hidden = false;
   }
 
-  // Schedules: the browser's own UTC offset for the local time typed.
-  var tz = document.querySelectorAll("input[data-tz]");
-  if (tz.length) {
-    var m = -new Date().getTimezoneOffset();
+  // Schedules: the UTC offset of the local date and time chosen, not of
+  // today (a flip across a daylight-saving change would land an hour
+  // off); filled as the time changes and again on submit. An offset the
+  // admin typed is kept.
+  var pad = function (n) { return (n < 10 ? "0" : "") + n; };
+  var offsetAt = function (value) {
+    // A date-time without an offset is local time (ECMAScript Date).
+    var d = new Date(value);
+    if (!value || isNaN(d.getTime())) { d = new Date(); }
+    var m = -d.getTimezoneOffset();
     var sign = m < 0 ? "-" : "+";
     m = Math.abs(m);
-    var pad = function (n) { return (n < 10 ? "0" : "") + n; };
-    var offset = sign + pad(Math.floor(m / 60)) + ":" + pad(m % 60);
-    tz.forEach(function (el) { el.value = offset; });
-  }
+    return sign + pad(Math.floor(m / 60)) + ":" + pad(m % 60);
+  };
+  document.querySelectorAll("input[data-tz]").forEach(function (tz) {
+    var form = tz.form;
+    var at = form && form.querySelector("input[type=datetime-local]");
+    if (!at) { return; }
+    var typed = false;
+    var fill = function () {
+      if (!typed) { tz.value = offsetAt(at.value); }
+    };
+    tz.addEventListener("input", function () { typed = true; });
+    at.addEventListener("input", fill);
+    at.addEventListener("change", fill);
+    form.addEventListener("submit", fill);
+    fill();
+  });
 
   // The import form: a chosen file is read into the text area.
   document.querySelectorAll("input[type=file][data-into]").forEach(function (input) {
