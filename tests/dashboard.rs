@@ -280,6 +280,16 @@ fn http_at(admin: SocketAddr, args: &[&str], path: &str) -> Reply {
 
 /// A form POST with the session cookie (if any) and extra headers.
 fn post(w: &World, path: &str, cookie: Option<&str>, extra: &[&str], form: &str) -> Reply {
+    post_at(w.addr("admin"), path, cookie, extra, form)
+}
+
+fn post_at(
+    admin: SocketAddr,
+    path: &str,
+    cookie: Option<&str>,
+    extra: &[&str],
+    form: &str,
+) -> Reply {
     let cookie_header = cookie.map(|c| format!("Cookie: ponte_dashboard={c}"));
     let mut args: Vec<&str> = vec!["-X", "POST", "--data", form];
     if let Some(c) = &cookie_header {
@@ -288,7 +298,7 @@ fn post(w: &World, path: &str, cookie: Option<&str>, extra: &[&str], form: &str)
     for h in extra {
         args.extend(["-H", h]);
     }
-    http(w, &args, path)
+    http_at(admin, &args, path)
 }
 
 #[test]
@@ -501,7 +511,11 @@ fn get_at(admin: SocketAddr, id: &str, path: &str) -> Reply {
 /// Reviews `query` (must be 200 and contain `expect`), then confirms it;
 /// returns the flash the dashboard shows next.
 fn review_and_do(w: &World, id: &str, csrf: &str, query: &str, expect: &str) -> String {
-    let review = get(w, id, &format!("/dashboard/confirm?{query}"));
+    review_and_do_at(w.addr("admin"), id, csrf, query, expect)
+}
+
+fn review_and_do_at(admin: SocketAddr, id: &str, csrf: &str, query: &str, expect: &str) -> String {
+    let review = get_at(admin, id, &format!("/dashboard/confirm?{query}"));
     assert_eq!(review.status, 200, "{query}: {}", review.body);
     assert!(
         review.body.contains(expect),
@@ -535,9 +549,9 @@ fn review_and_do(w: &World, id: &str, csrf: &str, query: &str, expect: &str) -> 
         .collect::<Vec<_>>()
         .join("&");
     assert!(form.contains(&format!("csrf={csrf}")), "{form}");
-    let done = post(w, "/dashboard/do", Some(id), &[], &form);
+    let done = post_at(admin, "/dashboard/do", Some(id), &[], &form);
     assert_eq!(done.status, 303, "{query}: {}", done.body);
-    let page = get(w, id, "/dashboard");
+    let page = get_at(admin, id, "/dashboard");
     page.body
         .split("id=\"flash\">")
         .nth(1)
@@ -1008,14 +1022,14 @@ fn a_malformed_or_oversized_form_gets_the_dashboard_page_with_its_status() {
 }
 
 #[test]
-fn in_a_fleet_the_dashboard_lists_every_node_with_its_heartbeat() {
+fn in_a_fleet_the_dashboard_lists_every_node_and_its_kicks_reach_them_all() {
     // Dropped in reverse: the nodes first, then the backends, PostgreSQL.
     let pg = Postgres::start();
     let w = World::backends_only("");
     let a = Ponte::start(&w.fleet_config(&pg.url(), "node-a"));
-    let _b = Ponte::start(&w.fleet_config(&pg.url(), "node-b"));
+    let b = Ponte::start(&w.fleet_config(&pg.url(), "node-b"));
     let admin = a.addr("admin");
-    let (id, _) = sign_in_at(admin);
+    let (id, csrf) = sign_in_at(admin);
     let start = std::time::Instant::now();
     let fleet = loop {
         let page = get_at(admin, &id, "/dashboard");
@@ -1041,4 +1055,31 @@ fn in_a_fleet_the_dashboard_lists_every_node_with_its_heartbeat() {
     assert!(fleet.contains(&admin.to_string()), "{fleet}");
     assert!(fleet.contains(" s ago<"), "{fleet}");
     assert!(!fleet.contains("silent"), "{fleet}");
+
+    // Closing a mailbox's sessions from node A's page closes them on node B.
+    let mut idle = LineConn::tcp(b.addr("imap"));
+    let greeting = idle.read_line();
+    assert!(greeting.starts_with("* OK"), "{greeting}");
+    let login = format!("LOGIN {} {}", ALICE.address, ALICE.legacy_password.unwrap());
+    assert!(idle.imap("a", &login).is_ok());
+    assert!(idle.imap("b", "SELECT INBOX").is_ok());
+    idle.send("c IDLE");
+    assert!(idle.read_line().starts_with('+'));
+    let flash = review_and_do_at(
+        admin,
+        &id,
+        &csrf,
+        "action=kick&kind=mailbox&target=alice%40pec.example",
+        "every other node of the fleet closes its own",
+    );
+    println!("fleet kick from node-a's dashboard: {flash}");
+    assert!(
+        flash.contains("0 session(s) closed on this node"),
+        "{flash}"
+    );
+    idle.get_mut()
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("read timeout");
+    let bye = idle.read_line();
+    assert!(bye.starts_with("* BYE"), "{bye}");
 }

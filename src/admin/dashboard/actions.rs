@@ -261,11 +261,12 @@ impl Action {
                     out,
                     "<li>Every mailbox of the domain follows it, except {} with their own state.</li>\
                      <li>New logins go to: <strong>{}</strong>.</li>\
-                     <li>{} open session(s) of this domain; <strong>{}</strong> will be closed so that their clients reconnect to the new route.</li></ul>",
+                     <li>{} open session(s) of this domain; <strong>{}</strong> will be closed so that their clients reconnect to the new route.{}</li></ul>",
                     number(own.len() as u64),
                     esc(&new_route),
                     number(open.len() as u64),
-                    number(closing as u64)
+                    number(closing as u64),
+                    fleet_note(&ctx)
                 );
                 Ok((out, format!("Flip {domain} to {state}")))
             }
@@ -306,12 +307,13 @@ impl Action {
                 let out = format!(
                     "<p class=\"change\">Set mailbox <strong>{}</strong> from <span class=\"state s-{old}\">{old}</span> ({source} state, route {}) to <span class=\"state s-{state}\">{state}</span>.</p>\
                      <ul><li>New logins go to: <strong>{}</strong>.</li>\
-                     <li>{} open session(s); <strong>{}</strong> will be closed.</li></ul>",
+                     <li>{} open session(s); <strong>{}</strong> will be closed.{}</li></ul>",
                     esc(&a),
                     esc(now.target.label()),
                     esc(&new_route),
                     number(open.len() as u64),
-                    number(closing as u64)
+                    number(closing as u64),
+                    fleet_note(&ctx)
                 );
                 Ok((out, format!("Set {a} to {state}")))
             }
@@ -371,8 +373,12 @@ impl Action {
                         open.iter().filter(|e| e.id == *id).count(),
                     ),
                 };
+                let elsewhere = match sel {
+                    Selector::Id(_) => "",
+                    _ => fleet_note(&ctx),
+                };
                 let out = format!(
-                    "<p class=\"change\">Close the open sessions {what}: <strong>{}</strong> now. Their clients are told to reconnect.</p>",
+                    "<p class=\"change\">Close the open sessions {what}: <strong>{}</strong> now. Their clients are told to reconnect.{elsewhere}</p>",
                     number(n as u64)
                 );
                 Ok((out, "Close the sessions".into()))
@@ -416,10 +422,10 @@ impl Action {
                     .blocking(move |c| c.set_domain(&d, state, &w))
                     .await?;
                 Ok(format!(
-                    "Domain {domain}: {} → {}; {} session(s) closed.",
+                    "Domain {domain}: {} → {}; {}",
                     f.old.map_or("—".into(), |o| o.to_string()),
                     f.new,
-                    f.kicked
+                    closed(&control.ctx(), f.kicked, true)
                 ))
             }
             Action::Mailbox {
@@ -432,10 +438,10 @@ impl Action {
                     .blocking(move |c| c.set_mailbox(&a, state, backend, &w))
                     .await?;
                 Ok(format!(
-                    "Mailbox {address}: {} → {}; {} session(s) closed.",
+                    "Mailbox {address}: {} → {}; {}",
                     f.old.map_or("domain's state".into(), |o| o.to_string()),
                     f.new,
-                    f.kicked
+                    closed(&control.ctx(), f.kicked, true)
                 ))
             }
             Action::Schedule { subject, state, at } => {
@@ -462,12 +468,13 @@ impl Action {
             }
             Action::Kick(sel) => {
                 let w = who.to_string();
+                let fleetwide = !matches!(sel, Selector::Id(_));
                 let n = control
                     .blocking(move |c| {
                         c.kick(&sel, "Closed by the administrator; please reconnect.", &w)
                     })
                     .await?;
-                Ok(format!("{n} session(s) closed."))
+                Ok(closed(&control.ctx(), n, fleetwide))
             }
             Action::Hold { id, held } => {
                 let changed = control.queue_hold(id, held, who).await?;
@@ -483,6 +490,26 @@ impl Action {
                 "an import is confirmed from its review page".into(),
             )),
         }
+    }
+}
+
+/// In a fleet, what the counts above it are: this node's sessions; the
+/// other nodes close theirs as the change reaches them.
+fn fleet_note(ctx: &crate::server::Ctx) -> &'static str {
+    if ctx.config.state.url.is_some() {
+        " (Sessions on this node; every other node of the fleet closes its own.)"
+    } else {
+        ""
+    }
+}
+
+/// "N session(s) closed." — in a fleet, for a change every node applies,
+/// said to be this node's count.
+fn closed(ctx: &crate::server::Ctx, n: usize, fleetwide: bool) -> String {
+    if fleetwide && ctx.config.state.url.is_some() {
+        format!("{n} session(s) closed on this node; the other nodes close their own.")
+    } else {
+        format!("{n} session(s) closed.")
     }
 }
 
