@@ -46,12 +46,40 @@ fn unreadable(status: StatusCode, detail: &str) -> Response {
     refused(status, &format!("The form could not be read: {detail}"))
 }
 
-fn bad_form(r: FormRejection) -> Response {
-    unreadable(r.status(), &r.body_text())
+/// A form body, or the dashboard's refusal page when it cannot be read.
+pub struct PageForm<T>(T);
+
+impl<S, T> axum::extract::FromRequest<S> for PageForm<T>
+where
+    Form<T>: axum::extract::FromRequest<S, Rejection = FormRejection>,
+    S: Send + Sync,
+{
+    type Rejection = Response;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Response> {
+        match Form::<T>::from_request(req, state).await {
+            Ok(Form(f)) => Ok(PageForm(f)),
+            Err(r) => Err(unreadable(r.status(), &r.body_text())),
+        }
+    }
 }
 
-fn bad_query(r: QueryRejection) -> Response {
-    unreadable(r.status(), &r.body_text())
+/// A query string, or the dashboard's refusal page when it cannot be read.
+pub struct PageQuery<T>(T);
+
+impl<S, T> FromRequestParts<S> for PageQuery<T>
+where
+    Query<T>: FromRequestParts<S, Rejection = QueryRejection>,
+    S: Send + Sync,
+{
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Response> {
+        match Query::<T>::from_request_parts(parts, state).await {
+            Ok(Query(q)) => Ok(PageQuery(q)),
+            Err(r) => Err(unreadable(r.status(), &r.body_text())),
+        }
+    }
 }
 
 /// A form (in practice an import) over the size limit, whichever check
@@ -127,11 +155,7 @@ pub struct LoginForm {
     token: String,
 }
 
-pub async fn login(State(s): St, form: Result<Form<LoginForm>, FormRejection>) -> Response {
-    let form = match form {
-        Ok(Form(f)) => f,
-        Err(r) => return bad_form(r),
-    };
+pub async fn login(State(s): St, PageForm(form): PageForm<LoginForm>) -> Response {
     let Some(token) = crate::admin::auth::find(&s.tokens, form.token.trim()) else {
         warn!("dashboard sign-in refused: wrong token");
         tokio::time::sleep(WRONG_TOKEN_DELAY).await;
@@ -160,15 +184,7 @@ pub struct CsrfOnly {
     csrf: Option<String>,
 }
 
-pub async fn logout(
-    State(s): St,
-    who: Signed,
-    form: Result<Form<CsrfOnly>, FormRejection>,
-) -> Response {
-    let form = match form {
-        Ok(Form(f)) => f,
-        Err(r) => return bad_form(r),
-    };
+pub async fn logout(State(s): St, who: Signed, PageForm(form): PageForm<CsrfOnly>) -> Response {
     if let Err(r) = check_csrf(&who, form.csrf.as_deref()) {
         return *r;
     }
@@ -256,12 +272,8 @@ fn review(
 pub async fn confirm(
     State(s): St,
     who: Signed,
-    form: Result<Query<ActionForm>, QueryRejection>,
+    PageQuery(form): PageQuery<ActionForm>,
 ) -> Response {
-    let form = match form {
-        Ok(Query(f)) => f,
-        Err(r) => return bad_query(r),
-    };
     let action = match Action::parse(&form) {
         Ok(a) => a,
         Err(e) => return refused(StatusCode::BAD_REQUEST, &e),
@@ -272,15 +284,7 @@ pub async fn confirm(
     }
 }
 
-pub async fn perform(
-    State(s): St,
-    who: Signed,
-    form: Result<Form<ActionForm>, FormRejection>,
-) -> Response {
-    let form = match form {
-        Ok(Form(f)) => f,
-        Err(r) => return bad_form(r),
-    };
+pub async fn perform(State(s): St, who: Signed, PageForm(form): PageForm<ActionForm>) -> Response {
     if let Err(r) = check_csrf(&who, form.csrf.as_deref()) {
         return *r;
     }
@@ -333,15 +337,7 @@ pub struct ImportForm {
 
 /// Checks an uploaded list without applying it: the per-row error report,
 /// or a review of what it will change.
-pub async fn import(
-    State(s): St,
-    who: Signed,
-    form: Result<Form<ImportForm>, FormRejection>,
-) -> Response {
-    let form = match form {
-        Ok(Form(f)) => f,
-        Err(r) => return bad_form(r),
-    };
+pub async fn import(State(s): St, who: Signed, PageForm(form): PageForm<ImportForm>) -> Response {
     if let Err(r) = check_csrf(&who, form.csrf.as_deref()) {
         return *r;
     }
