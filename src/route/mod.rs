@@ -198,19 +198,27 @@ fn tempmail_target(cfg: &DomainConfig, until: Option<i64>) -> Target {
     }
 }
 
+/// The longest mailbox address, in bytes (RFC 5321 §4.5.3.1.3: a path
+/// is at most 256 octets with its angle brackets). Also keeps every
+/// fleet notification, which names one address, far below PostgreSQL's
+/// 8,000-byte payload limit.
+pub const MAX_ADDRESS: usize = 254;
+
 /// Lower-cases a login and completes a bare local part with the default
-/// domain. `None` when there is no usable domain.
+/// domain. `None` when there is no usable domain, or the address is
+/// longer than any mailbox's can be.
 pub fn normalize(login: &str, default_domain: Option<&str>) -> Option<String> {
     // ASCII only: full Unicode case folding maps e.g. the Kelvin sign to k.
     let login = login.trim().to_ascii_lowercase();
     if login.is_empty() || login.chars().any(|c| c.is_control() || c.is_whitespace()) {
         return None;
     }
-    match login.rsplit_once('@') {
-        Some((local, domain)) if !local.is_empty() && !domain.is_empty() => Some(login),
-        Some(_) => None,
-        None => default_domain.map(|d| format!("{login}@{}", d.to_ascii_lowercase())),
-    }
+    let address = match login.rsplit_once('@') {
+        Some((local, domain)) if !local.is_empty() && !domain.is_empty() => login,
+        Some(_) => return None,
+        None => format!("{login}@{}", default_domain?.to_ascii_lowercase()),
+    };
+    (address.len() <= MAX_ADDRESS).then_some(address)
 }
 
 pub fn now_unix() -> i64 {
@@ -220,6 +228,26 @@ pub fn now_unix() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn addresses_are_normalized_and_bounded() {
+        assert_eq!(
+            normalize(" Alice@PEC.example ", None).as_deref(),
+            Some("alice@pec.example")
+        );
+        assert_eq!(
+            normalize("bob", Some("PEC.example")).as_deref(),
+            Some("bob@pec.example")
+        );
+        for bad in ["", "bob", "@pec.example", "bob@", "a b@pec.example", "a\r@x"] {
+            assert_eq!(normalize(bad, None), None, "{bad:?}");
+        }
+        let local = "a".repeat(MAX_ADDRESS - "@pec.example".len());
+        let longest = format!("{local}@pec.example");
+        assert_eq!(normalize(&longest, None), Some(longest.clone()));
+        assert_eq!(normalize(&format!("a{longest}"), None), None);
+        assert_eq!(normalize(&format!("a{local}"), Some("pec.example")), None);
+    }
 
     fn domain(state: MailboxState) -> DomainConfig {
         DomainConfig {

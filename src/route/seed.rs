@@ -107,6 +107,12 @@ fn parse_row(
     domains: &BTreeMap<String, DomainConfig>,
     known_backend: &dyn Fn(&str) -> bool,
 ) -> Result<Row, String> {
+    if addr.trim().len() > super::MAX_ADDRESS {
+        return Err(format!(
+            "an address is at most {} bytes long (RFC 5321)",
+            super::MAX_ADDRESS
+        ));
+    }
     let address = super::normalize(addr, None)
         .filter(|a| a.contains('@'))
         .ok_or_else(|| format!("{addr:?} is not an address"))?;
@@ -195,14 +201,16 @@ mod tests {
 
     #[test]
     fn reports_every_bad_row_with_its_line() {
+        let long = format!("{}@pec.example", "a".repeat(250));
         let err = parse_mailbox_csv(
-            "address,state\nok@pec.example,legacy\nx@other.example,legacy\nnot-an-address,legacy\ny@pec.example,gone\nz@pec.example,legacy,nowhere\n",
+            &format!("address,state\nok@pec.example,legacy\nx@other.example,legacy\nnot-an-address,legacy\ny@pec.example,gone\nz@pec.example,legacy,nowhere\n{long},legacy\n"),
             &domains(),
             &|_| false,
         )
         .unwrap_err()
         .to_string();
-        assert!(err.starts_with("4 bad row(s)"), "{err}");
+        assert!(err.starts_with("5 bad row(s)"), "{err}");
+        assert!(err.contains("line 7: an address is at most 254 bytes"), "{err}");
         assert!(err.contains("line 6: unknown backend"), "{err}");
         assert!(err.contains("line 3: other.example"), "{err}");
         assert!(err.contains("line 4:"), "{err}");
