@@ -24,6 +24,7 @@ mod history;
 mod html;
 mod live;
 mod overview;
+mod own;
 mod pages;
 mod session;
 
