@@ -1017,10 +1017,15 @@ fn browser_sign_in(b: &Browser, base: &str) {
 /// Sets the schedule form's local time as a script would, with or
 /// without the change event a user's input fires; the offset shown then.
 fn set_schedule_time(b: &Browser, value: &str, event: bool) -> String {
+    set_time(b, "sc", value, event)
+}
+
+/// The same for the form whose fields are `{prefix}-at` and `{prefix}-tz`.
+fn set_time(b: &Browser, prefix: &str, value: &str, event: bool) -> String {
     let script = format!(
-        "var at = document.getElementById('sc-at'); at.value = '{value}'; \
+        "var at = document.getElementById('{prefix}-at'); at.value = '{value}'; \
          if ({event}) {{ at.dispatchEvent(new Event('change', {{bubbles: true}})); }} \
-         return document.getElementById('sc-tz').value;"
+         return document.getElementById('{prefix}-tz').value;"
     );
     b.execute(&script).as_str().unwrap_or_default().to_string()
 }
@@ -1097,6 +1102,28 @@ fn a_schedule_takes_the_offset_of_its_own_date_and_a_mailbox_schedule_is_cancell
         serde_json::json!([])
     );
     assert!(!b.text("#domains-live").contains("Scheduled mailbox flips"));
+
+    // A mailbox's own tempmail deadline takes the offset of its own date
+    // the same way; then it is cleared from the same form.
+    b.goto(&format!("{base}/dashboard"));
+    assert_eq!(set_time(&b, "tm", "2030-01-01T08:00", true), "+01:00");
+    b.type_into("#tm-mailbox", DAVE.address);
+    set_time(&b, "tm", "2030-07-01T18:00", false);
+    b.click("#tempmail button[value=\"tempmail\"]");
+    b.wait_text(
+        "Set the tempmail deadline of mailbox dave@pec.example to 2030-07-01 16:00:00Z (UTC)",
+    );
+    b.click("form.confirm button");
+    b.wait_text("Mailbox dave@pec.example: tempmail deadline set to 2030-07-01T16:00:00Z.");
+    let (_, dave) = api.get("/api/mailboxes/dave@pec.example");
+    assert_eq!(dave["tempmail_until"], "2030-07-01T16:00:00Z", "{dave}");
+    b.type_into("#tm-mailbox", DAVE.address);
+    b.click("#tempmail button[value=\"tempmail-clear\"]");
+    b.wait_text("Clear the own tempmail deadline of mailbox dave@pec.example");
+    b.click("form.confirm button");
+    b.wait_text("own tempmail deadline cleared");
+    let (_, dave) = api.get("/api/mailboxes/dave@pec.example");
+    assert!(dave["tempmail_until"].is_null(), "{dave}");
 }
 
 /// Serves `html` to every request on a new loopback port (another origin
