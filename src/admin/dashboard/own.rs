@@ -64,7 +64,16 @@ pub fn describe_follow(s: &AdminState, address: &str) -> Result<(String, String)
         number(closing as u64),
         fleet_note(&ctx)
     );
-    let subject = Subject::Mailbox(a.clone());
+    out.push_str(&what_stays(store.as_ref(), &a)?);
+    out.push_str("</ul>");
+    Ok((out, format!("Let {a} follow the domain")))
+}
+
+/// What dropping `a`'s own state leaves in place: its pending schedules
+/// (which give it its own state again) and its own tempmail deadline.
+fn what_stays(store: &dyn crate::route::StateStore, a: &str) -> Result<String, ControlError> {
+    let mut out = String::new();
+    let subject = Subject::Mailbox(a.to_string());
     let pending = store
         .schedules()?
         .iter()
@@ -77,15 +86,14 @@ pub fn describe_follow(s: &AdminState, address: &str) -> Result<(String, String)
             number(pending as u64)
         );
     }
-    if let Some(until) = store.tempmail_until(&a)? {
+    if let Some(until) = store.tempmail_until(a)? {
         let _ = write!(
             out,
             "<li>Its own tempmail deadline ({}) stays; it is cleared apart.</li>",
             time(until)
         );
     }
-    out.push_str("</ul>");
-    Ok((out, format!("Let {a} follow the domain")))
+    Ok(out)
 }
 
 /// Drops `address`'s own state as `who`; the outcome for the flash.
