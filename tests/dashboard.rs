@@ -721,6 +721,251 @@ fn each_action_is_reviewed_first_then_done_and_audited_under_the_token_name() {
     assert!(!r.body.contains("<script>alert"));
 }
 
+/// The open sessions of `address`: (listener, route) each.
+fn sessions_of(api: &Api, address: &str) -> Vec<(String, String)> {
+    let (code, v) = api.get("/api/sessions");
+    assert_eq!(code, 200, "{v}");
+    v["sessions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["address"] == address)
+        .map(|e| {
+            let text = |k: &str| e[k].as_str().unwrap_or_default().to_string();
+            (text("listener"), text("route"))
+        })
+        .collect()
+}
+
+#[track_caller]
+fn assert_contains(body: &str, needles: &[&str]) {
+    for n in needles {
+        assert!(body.contains(n), "{n:?} not in\n{body}");
+    }
+}
+
+#[test]
+fn a_mailbox_follows_its_domain_again_and_its_own_tempmail_deadline_is_set_and_cleared() {
+    // pec.example's read-only view closes at the end of 2030.
+    let mut w = World::backends_only("");
+    let config = w.config().replacen(
+        "[domain.\"pec.example\"]\nstate = \"legacy\"",
+        "[domain.\"pec.example\"]\nstate = \"legacy\"\ntempmail_until = \"2031-01-01T00:00:00+01:00\"",
+        1,
+    );
+    assert!(config.contains("tempmail_until = \"2031"), "{config}");
+    w.start_config(&config);
+    let api = Api::new(w.addr("admin"));
+    let (id, csrf) = sign_in(&w);
+    let mailbox = |a: &str| api.get(&format!("/api/mailboxes/{a}")).1;
+
+    // Migration day: alice was set to blackout by hand; her client is on
+    // the read-only route.
+    let flash = review_and_do(
+        &w,
+        &id,
+        &csrf,
+        "action=mailbox&mailbox=alice%40pec.example&state=blackout&backend=",
+        "New logins go to: <strong>read-only</strong>",
+    );
+    assert!(flash.contains("domain&#39;s state → blackout"), "{flash}");
+    let mut open = w.login(&ALICE, ALICE.legacy_password);
+    assert_eq!(
+        sessions_of(&api, ALICE.address),
+        [("imap".to_string(), "read-only".to_string())]
+    );
+
+    // Without the form's token nothing is done.
+    let follow = "action=follow&mailbox=alice%40pec.example";
+    let set = "action=tempmail&mailbox=dave%40pec.example&at=2030-06-30T18%3A00&tz=%2B02%3A00";
+    let clear = "action=tempmail-clear&mailbox=dave%40pec.example";
+    let stale = format!("csrf={}", "0".repeat(64));
+    for form in [follow, set, clear] {
+        for token in ["", stale.as_str()] {
+            let r = post(
+                &w,
+                "/dashboard/do",
+                Some(&id),
+                &[],
+                &format!("{form}&{token}"),
+            );
+            assert_eq!(r.status, 403, "{form} {token}");
+        }
+    }
+    let alice = mailbox(ALICE.address);
+    assert_eq!(
+        (alice["state"].as_str(), alice["source"].as_str()),
+        (Some("blackout"), Some("mailbox")),
+        "{alice}"
+    );
+    assert_eq!(
+        mailbox(DAVE.address)["tempmail_until"],
+        "2030-12-31T23:00:00Z"
+    );
+    assert!(
+        open.imap("n", "NOOP").is_ok(),
+        "alice's session is still open"
+    );
+
+    // Follow the domain: the review says what she becomes and which
+    // sessions close, and changes nothing yet.
+    let review = get(&w, &id, &format!("/dashboard/confirm?{follow}"));
+    assert_eq!(review.status, 200, "{}", review.body);
+    assert_contains(
+        &review.body,
+        &[
+            "Let mailbox <strong>alice@pec.example</strong> follow its domain again: from <span class=\"state s-blackout\">blackout</span> (its own state, route read-only) to the domain&#39;s <span class=\"state s-legacy\">legacy</span>.",
+            "New logins go to: <strong>legacy</strong>.",
+            "1 open session(s); <strong>1</strong> will be closed.",
+        ],
+    );
+    assert_eq!(mailbox(ALICE.address)["source"], "mailbox");
+    let flash = review_and_do(
+        &w,
+        &id,
+        &csrf,
+        follow,
+        "Let alice@pec.example follow the domain",
+    );
+    assert_eq!(
+        flash,
+        "Mailbox alice@pec.example: its own state dropped, it follows its domain again: now legacy (route legacy); 1 session(s) closed."
+    );
+    let alice = mailbox(ALICE.address);
+    assert_eq!(
+        (
+            alice["state"].as_str(),
+            alice["source"].as_str(),
+            alice["route"].as_str()
+        ),
+        (Some("legacy"), Some("domain"), Some("legacy")),
+        "{alice}"
+    );
+    open.get_mut()
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let bye = open.read_line();
+    assert!(bye.starts_with("* BYE"), "{bye}");
+    assert!(
+        first_subject(&w, ALICE.address, ALICE.legacy_password.unwrap())
+            .contains(&marker("legacy", ALICE.address))
+    );
+    let entries = audit(&api);
+    assert!(
+        entries.iter().any(|a| a["who"] == "ops"
+            && a["what"] == "mailbox alice@pec.example"
+            && a["old"] == "blackout"
+            && a["new"].is_null()),
+        "{entries:?}"
+    );
+    // Again: it already follows its domain, and the review says so.
+    let flash = review_and_do(&w, &id, &csrf, follow, "It has no state of its own");
+    assert!(
+        flash.contains("it had no state of its own and already followed its domain"),
+        "{flash}"
+    );
+
+    // Dave's own tempmail deadline, with a read-only tempmail session open.
+    let mut tm = LineConn::tcp(w.addr("tempmail"));
+    login(&mut tm, DAVE.address, DAVE.legacy_password.unwrap());
+    let review = get(&w, &id, &format!("/dashboard/confirm?{set}"));
+    assert_contains(
+        &review.body,
+        &[
+            "to <time datetime=\"2030-06-30T16:00:00Z\">2030-06-30 16:00:00Z</time> (UTC)",
+            "In force now: the domain&#39;s, <time datetime=\"2030-12-31T23:00:00Z\">",
+            "<strong>1</strong> open tempmail session(s) will be closed",
+        ],
+    );
+    assert_eq!(
+        mailbox(DAVE.address)["tempmail_until"],
+        "2030-12-31T23:00:00Z"
+    );
+    let flash = review_and_do(&w, &id, &csrf, set, "Set the deadline of dave@pec.example");
+    assert_eq!(
+        flash,
+        "Mailbox dave@pec.example: tempmail deadline set to 2030-06-30T16:00:00Z. Its open tempmail sessions were closed to take it."
+    );
+    assert_eq!(
+        mailbox(DAVE.address)["tempmail_until"],
+        "2030-06-30T16:00:00Z"
+    );
+    tm.get_mut()
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let bye = tm.read_line();
+    assert!(bye.starts_with("* BYE"), "{bye}");
+
+    // Cleared: back to the domain's deadline.
+    let flash = review_and_do(
+        &w,
+        &id,
+        &csrf,
+        clear,
+        "it follows its domain&#39;s again (<time datetime=\"2030-12-31T23:00:00Z\">",
+    );
+    assert_eq!(
+        flash,
+        "Mailbox dave@pec.example: own tempmail deadline cleared; it follows its domain&#39;s, 2030-12-31T23:00:00Z. Its open tempmail sessions were closed to take it."
+    );
+    assert_eq!(
+        mailbox(DAVE.address)["tempmail_until"],
+        "2030-12-31T23:00:00Z"
+    );
+    let entries = audit(&api);
+    for (old, new) in [
+        (None, Some("tempmail until 2030-06-30T16:00:00Z")),
+        (Some("tempmail until 2030-06-30T16:00:00Z"), None),
+    ] {
+        assert!(
+            entries.iter().any(|a| a["who"] == "ops"
+                && a["what"] == "mailbox dave@pec.example"
+                && a["old"].as_str() == old
+                && a["new"].as_str() == new),
+            "{old:?} → {new:?}: {entries:?}"
+        );
+    }
+
+    // A time the form leaves blank is refused, never taken for a clear;
+    // what is shown is escaped.
+    let r = get(
+        &w,
+        &id,
+        "/dashboard/confirm?action=tempmail&mailbox=dave%40pec.example&at=&tz=%2B02%3A00",
+    );
+    assert_eq!(r.status, 400);
+    assert!(r.body.contains("time is missing"), "{}", r.body);
+    let r = get(
+        &w,
+        &id,
+        "/dashboard/confirm?action=follow&mailbox=%3Cb%3Ex%3C%2Fb%3E%40pec.example",
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.contains("&lt;b&gt;x&lt;/b&gt;@pec.example"));
+    assert!(!r.body.contains("<b>x"));
+    assert_eq!(
+        get(
+            &w,
+            &id,
+            "/dashboard/confirm?action=follow&mailbox=x%40nowhere.example"
+        )
+        .status,
+        404
+    );
+
+    // The main page offers both forms, labelled.
+    let page = get(&w, &id, "/dashboard");
+    assert_contains(
+        &page.body,
+        &[
+            "<label for=\"fo-mailbox\">Address</label>",
+            "<label for=\"tm-at\">Closes at (local time)</label>",
+            "<label for=\"tm-tz\">UTC offset</label>",
+            "value=\"tempmail-clear\" formnovalidate",
+        ],
+    );
+}
+
 #[test]
 fn an_open_live_page_gets_updates_and_does_not_hold_up_shutdown() {
     use std::process::{Command, Stdio};
@@ -772,10 +1017,15 @@ fn browser_sign_in(b: &Browser, base: &str) {
 /// Sets the schedule form's local time as a script would, with or
 /// without the change event a user's input fires; the offset shown then.
 fn set_schedule_time(b: &Browser, value: &str, event: bool) -> String {
+    set_time(b, "sc", value, event)
+}
+
+/// The same for the form whose fields are `{prefix}-at` and `{prefix}-tz`.
+fn set_time(b: &Browser, prefix: &str, value: &str, event: bool) -> String {
     let script = format!(
-        "var at = document.getElementById('sc-at'); at.value = '{value}'; \
+        "var at = document.getElementById('{prefix}-at'); at.value = '{value}'; \
          if ({event}) {{ at.dispatchEvent(new Event('change', {{bubbles: true}})); }} \
-         return document.getElementById('sc-tz').value;"
+         return document.getElementById('{prefix}-tz').value;"
     );
     b.execute(&script).as_str().unwrap_or_default().to_string()
 }
@@ -852,6 +1102,28 @@ fn a_schedule_takes_the_offset_of_its_own_date_and_a_mailbox_schedule_is_cancell
         serde_json::json!([])
     );
     assert!(!b.text("#domains-live").contains("Scheduled mailbox flips"));
+
+    // A mailbox's own tempmail deadline takes the offset of its own date
+    // the same way; then it is cleared from the same form.
+    b.goto(&format!("{base}/dashboard"));
+    assert_eq!(set_time(&b, "tm", "2030-01-01T08:00", true), "+01:00");
+    b.type_into("#tm-mailbox", DAVE.address);
+    set_time(&b, "tm", "2030-07-01T18:00", false);
+    b.click("#tempmail button[value=\"tempmail\"]");
+    b.wait_text(
+        "Set the tempmail deadline of mailbox dave@pec.example to 2030-07-01 16:00:00Z (UTC)",
+    );
+    b.click("form.confirm button");
+    b.wait_text("Mailbox dave@pec.example: tempmail deadline set to 2030-07-01T16:00:00Z.");
+    let (_, dave) = api.get("/api/mailboxes/dave@pec.example");
+    assert_eq!(dave["tempmail_until"], "2030-07-01T16:00:00Z", "{dave}");
+    b.type_into("#tm-mailbox", DAVE.address);
+    b.click("#tempmail button[value=\"tempmail-clear\"]");
+    b.wait_text("Clear the own tempmail deadline of mailbox dave@pec.example");
+    b.click("form.confirm button");
+    b.wait_text("own tempmail deadline cleared");
+    let (_, dave) = api.get("/api/mailboxes/dave@pec.example");
+    assert!(dave["tempmail_until"].is_null(), "{dave}");
 }
 
 /// Serves `html` to every request on a new loopback port (another origin

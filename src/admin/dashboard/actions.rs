@@ -62,6 +62,15 @@ pub enum Action {
     Import {
         nonce: String,
     },
+    /// Drops a mailbox's own state: it follows its domain again.
+    Follow {
+        address: String,
+    },
+    /// Sets (`Some`) or clears a mailbox's own tempmail deadline.
+    Tempmail {
+        address: String,
+        until: Option<i64>,
+    },
 }
 
 /// A field that must be there and not blank.
@@ -163,6 +172,19 @@ impl Action {
             "import" => Ok(Action::Import {
                 nonce: need(&form.nonce, "import")?,
             }),
+            "follow" => Ok(Action::Follow {
+                address: need(&form.mailbox, "address")?.to_lowercase(),
+            }),
+            "tempmail" => Ok(Action::Tempmail {
+                address: need(&form.mailbox, "address")?.to_lowercase(),
+                until: Some(parse_at(&need(&form.at, "time")?, form.tz.as_deref())?),
+            }),
+            // Its own action name, not a blank time: a time field left
+            // empty by mistake must not clear a deadline.
+            "tempmail-clear" => Ok(Action::Tempmail {
+                address: need(&form.mailbox, "address")?.to_lowercase(),
+                until: None,
+            }),
             other => Err(format!("unknown action {other:?}")),
         }
     }
@@ -220,6 +242,24 @@ impl Action {
             Action::Import { nonce } => {
                 vec![("action", "import".into()), ("nonce", nonce.clone())]
             }
+            Action::Follow { address } => {
+                vec![("action", "follow".into()), ("mailbox", address.clone())]
+            }
+            Action::Tempmail {
+                address,
+                until: Some(at),
+            } => vec![
+                ("action", "tempmail".into()),
+                ("mailbox", address.clone()),
+                ("at", crate::route::rfc3339(*at)),
+            ],
+            Action::Tempmail {
+                address,
+                until: None,
+            } => vec![
+                ("action", "tempmail-clear".into()),
+                ("mailbox", address.clone()),
+            ],
         }
     }
 
@@ -409,6 +449,10 @@ impl Action {
             Action::Import { .. } => Err(ControlError::Invalid(
                 "an import is reviewed from its form".into(),
             )),
+            Action::Follow { address } => super::own::describe_follow(s, address),
+            Action::Tempmail { address, until } => {
+                super::own::describe_tempmail(s, address, *until)
+            }
         }
     }
 
@@ -489,13 +533,17 @@ impl Action {
             Action::Import { .. } => Err(ControlError::Invalid(
                 "an import is confirmed from its review page".into(),
             )),
+            Action::Follow { address } => super::own::follow(s, address, who).await,
+            Action::Tempmail { address, until } => {
+                super::own::tempmail(s, address, until, who).await
+            }
         }
     }
 }
 
 /// In a fleet, what the counts above it are: this node's sessions; the
 /// other nodes close theirs as the change reaches them.
-fn fleet_note(ctx: &crate::server::Ctx) -> &'static str {
+pub(super) fn fleet_note(ctx: &crate::server::Ctx) -> &'static str {
     if ctx.config.state.url.is_some() {
         " (Sessions on this node; every other node of the fleet closes its own.)"
     } else {
@@ -505,7 +553,7 @@ fn fleet_note(ctx: &crate::server::Ctx) -> &'static str {
 
 /// "N session(s) closed." — in a fleet, for a change every node applies,
 /// said to be this node's count.
-fn closed(ctx: &crate::server::Ctx, n: usize, fleetwide: bool) -> String {
+pub(super) fn closed(ctx: &crate::server::Ctx, n: usize, fleetwide: bool) -> String {
     if fleetwide && ctx.config.state.url.is_some() {
         format!("{n} session(s) closed on this node; the other nodes close their own.")
     } else {
@@ -515,7 +563,7 @@ fn closed(ctx: &crate::server::Ctx, n: usize, fleetwide: bool) -> String {
 
 /// A managed domain's configuration in this generation (a reload may
 /// have removed it since it was checked).
-fn domain_config<'a>(
+pub(super) fn domain_config<'a>(
     ctx: &'a crate::server::Ctx,
     domain: &str,
 ) -> Result<&'a crate::config::DomainConfig, ControlError> {
@@ -634,6 +682,86 @@ mod tests {
         assert!(Action::parse(&form(&[("action", "hold"), ("id", "zz")])).is_err());
         assert!(Action::parse(&form(&[("action", "drop-tables")])).is_err());
         assert_eq!(parse_at("2026-04-28T06:00:00Z", None).unwrap(), 1777356000);
+    }
+
+    fn round_trip(a: &Action) -> Action {
+        let fields = a.fields();
+        let back: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        Action::parse(&form(&back)).unwrap()
+    }
+
+    #[test]
+    fn parses_follow_and_tempmail_and_round_trips_them() {
+        let f = Action::parse(&form(&[
+            ("action", "follow"),
+            ("mailbox", " Alice@PEC.example "),
+        ]))
+        .unwrap();
+        assert!(
+            matches!(&f, Action::Follow { address } if address == "alice@pec.example"),
+            "{f:?}"
+        );
+        assert!(
+            matches!(round_trip(&f), Action::Follow { address } if address == "alice@pec.example")
+        );
+        assert!(Action::parse(&form(&[("action", "follow")])).is_err());
+        assert!(Action::parse(&form(&[("action", "follow"), ("mailbox", " ")])).is_err());
+
+        // A deadline in the admin's local time with its offset.
+        let t = Action::parse(&form(&[
+            ("action", "tempmail"),
+            ("mailbox", "alice@pec.example"),
+            ("at", "2026-12-07T09:00"),
+            ("tz", "+01:00"),
+        ]))
+        .unwrap();
+        assert!(
+            matches!(&t, Action::Tempmail { address, until: Some(1796630400) } if address == "alice@pec.example"),
+            "{t:?}"
+        );
+        // The review carries it as RFC 3339, which needs no offset field.
+        assert!(
+            matches!(
+                round_trip(&t),
+                Action::Tempmail {
+                    until: Some(1796630400),
+                    ..
+                }
+            ),
+            "{:?}",
+            t.fields()
+        );
+        // Setting needs a time: a blank one is refused, never a clear.
+        for at in [None, Some(""), Some("  "), Some("2026-12-07")] {
+            let mut pairs = vec![("action", "tempmail"), ("mailbox", "alice@pec.example")];
+            if let Some(at) = at {
+                pairs.push(("at", at));
+            }
+            assert!(Action::parse(&form(&pairs)).is_err(), "{at:?}");
+        }
+        assert!(Action::parse(&form(&[
+            ("action", "tempmail"),
+            ("mailbox", "alice@pec.example"),
+            ("at", "2026-12-07T09:00"),
+            ("tz", "CET"),
+        ]))
+        .is_err());
+
+        // Clearing ignores a time the form also sent.
+        let c = Action::parse(&form(&[
+            ("action", "tempmail-clear"),
+            ("mailbox", "alice@pec.example"),
+            ("at", "2026-12-07T09:00"),
+            ("tz", "+01:00"),
+        ]))
+        .unwrap();
+        assert!(matches!(&c, Action::Tempmail { until: None, .. }), "{c:?}");
+        assert!(matches!(
+            round_trip(&c),
+            Action::Tempmail { until: None, .. }
+        ));
+        assert!(!c.fields().iter().any(|(k, _)| *k == "at"));
+        assert!(Action::parse(&form(&[("action", "tempmail-clear")])).is_err());
     }
 
     #[test]

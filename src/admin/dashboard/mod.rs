@@ -1,5 +1,6 @@
 //! The admin dashboard: server-rendered pages on the admin listener to see
-//! a migration at a glance and act on it (flips, schedules, kicks, CSV
+//! a migration at a glance and act on it (flips, a mailbox back to its
+//! domain's state, a mailbox's tempmail deadline, schedules, kicks, CSV
 //! imports, queue holds) without a terminal.
 //!
 //! Security, in one place:
@@ -24,6 +25,7 @@ mod history;
 mod html;
 mod live;
 mod overview;
+mod own;
 mod pages;
 mod session;
 

@@ -592,6 +592,24 @@ fn actions(o: &Overview, csrf: &str, backends: &[String]) -> String {
          <button type=\"submit\">Review</button></form>",
         state_select("fm-state")
     );
+    out.push_str(
+        "<form method=\"get\" action=\"/dashboard/confirm\" id=\"follow\"><h3>Let a mailbox follow its domain</h3>\
+         <input type=\"hidden\" name=\"action\" value=\"follow\">\
+         <p class=\"muted\" id=\"fo-help\">Drops the state the mailbox was given on its own (by hand, an import or a schedule): it takes its domain's state and route again.</p>\
+         <label for=\"fo-mailbox\">Address</label><input id=\"fo-mailbox\" name=\"mailbox\" required autocomplete=\"off\" spellcheck=\"false\" placeholder=\"user@domain\" aria-describedby=\"fo-help\">\
+         <button type=\"submit\">Review</button></form>",
+    );
+    // Two submit buttons name the action: clearing skips the time field's
+    // validation (`formnovalidate`), as it needs no time.
+    out.push_str(
+        "<form method=\"get\" action=\"/dashboard/confirm\" id=\"tempmail\"><h3>Tempmail deadline of a mailbox</h3>\
+         <p class=\"muted\" id=\"tm-help\">When the mailbox's read-only view of its old mailbox closes. Cleared, it follows its domain's deadline again.</p>\
+         <label for=\"tm-mailbox\">Address</label><input id=\"tm-mailbox\" name=\"mailbox\" required autocomplete=\"off\" spellcheck=\"false\" placeholder=\"user@domain\" aria-describedby=\"tm-help\">\
+         <label for=\"tm-at\">Closes at (local time)</label><input id=\"tm-at\" name=\"at\" type=\"datetime-local\" required>\
+         <label for=\"tm-tz\">UTC offset</label><input id=\"tm-tz\" name=\"tz\" value=\"+00:00\" pattern=\"[+-][0-9]{2}:[0-9]{2}\" data-tz>\
+         <button type=\"submit\" name=\"action\" value=\"tempmail\">Review the deadline</button> \
+         <button type=\"submit\" name=\"action\" value=\"tempmail-clear\" formnovalidate>Review clearing it</button></form>",
+    );
     let _ = write!(
         out,
         "<form method=\"get\" action=\"/dashboard/confirm\" id=\"schedule\"><h3>Schedule a flip</h3>\
