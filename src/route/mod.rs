@@ -239,7 +239,14 @@ mod tests {
             normalize("bob", Some("PEC.example")).as_deref(),
             Some("bob@pec.example")
         );
-        for bad in ["", "bob", "@pec.example", "bob@", "a b@pec.example", "a\r@x"] {
+        for bad in [
+            "",
+            "bob",
+            "@pec.example",
+            "bob@",
+            "a b@pec.example",
+            "a\r@x",
+        ] {
             assert_eq!(normalize(bad, None), None, "{bad:?}");
         }
         let local = "a".repeat(MAX_ADDRESS - "@pec.example".len());

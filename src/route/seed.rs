@@ -210,7 +210,10 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.starts_with("5 bad row(s)"), "{err}");
-        assert!(err.contains("line 7: an address is at most 254 bytes"), "{err}");
+        assert!(
+            err.contains("line 7: an address is at most 254 bytes"),
+            "{err}"
+        );
         assert!(err.contains("line 6: unknown backend"), "{err}");
         assert!(err.contains("line 3: other.example"), "{err}");
         assert!(err.contains("line 4:"), "{err}");
