@@ -333,16 +333,7 @@ impl Action {
                 };
                 let cfg = domain_config(&ctx, &now.domain)?;
                 let new_route = live_label(*state, cfg, backend.as_deref());
-                let open: Vec<_> = ctx
-                    .registry
-                    .list()
-                    .into_iter()
-                    .filter(|e| e.address == a)
-                    .collect();
-                let closing = open
-                    .iter()
-                    .filter(|e| e.view == crate::config::View::Live && e.route != new_route)
-                    .count();
+                let (open, closing) = sessions_moved(&ctx, &a, &new_route);
                 let old = now.state;
                 let out = format!(
                     "<p class=\"change\">Set mailbox <strong>{}</strong> from <span class=\"state s-{old}\">{old}</span> ({source} state, route {}) to <span class=\"state s-{state}\">{state}</span>.</p>\
@@ -351,7 +342,7 @@ impl Action {
                     esc(&a),
                     esc(now.target.label()),
                     esc(&new_route),
-                    number(open.len() as u64),
+                    number(open as u64),
                     number(closing as u64),
                     fleet_note(&ctx)
                 );
@@ -539,6 +530,23 @@ impl Action {
             }
         }
     }
+}
+
+/// This node's open sessions of `address`, and how many of them a change
+/// to `new_route` closes: the live ones on another route (the control
+/// plane's re-routing test).
+pub(super) fn sessions_moved(
+    ctx: &crate::server::Ctx,
+    address: &str,
+    new_route: &str,
+) -> (usize, usize) {
+    let open = ctx.registry.list();
+    let mine = open.iter().filter(|e| e.address == address);
+    let closing = mine
+        .clone()
+        .filter(|e| e.view == crate::config::View::Live && e.route != new_route)
+        .count();
+    (mine.count(), closing)
 }
 
 /// In a fleet, what the counts above it are: this node's sessions; the

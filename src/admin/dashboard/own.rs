@@ -5,7 +5,7 @@
 
 use std::fmt::Write as _;
 
-use super::actions::{closed, domain_config, fleet_note};
+use super::actions::{closed, domain_config, fleet_note, sessions_moved};
 use super::html::{esc, number, time};
 use super::overview::live_label;
 use crate::admin::AdminState;
@@ -27,18 +27,7 @@ pub fn describe_follow(s: &AdminState, address: &str) -> Result<(String, String)
     let own = store.mailbox(&a)?;
     let state = control.domain_state(&now.domain)?;
     let new_route = live_label(state, domain_config(&ctx, &now.domain)?, None);
-    let open: Vec<_> = ctx
-        .registry
-        .list()
-        .into_iter()
-        .filter(|e| e.address == a)
-        .collect();
-    // The same test as the control plane's reroute: a live session whose
-    // route is not the one a login gets now.
-    let closing = open
-        .iter()
-        .filter(|e| e.view == View::Live && e.route != new_route)
-        .count();
+    let (open, closing) = sessions_moved(&ctx, &a, &new_route);
     let old = now.state;
     let source = if own.is_some() {
         "its own"
@@ -60,7 +49,7 @@ pub fn describe_follow(s: &AdminState, address: &str) -> Result<(String, String)
         "<li>New logins go to: <strong>{}</strong>.</li>\
          <li>{} open session(s); <strong>{}</strong> will be closed.{}</li>",
         esc(&new_route),
-        number(open.len() as u64),
+        number(open as u64),
         number(closing as u64),
         fleet_note(&ctx)
     );
