@@ -4,7 +4,8 @@
 //! new backend; a CSV with bad rows gets its per-row report. Screenshots
 //! go to `target/test-artifacts/dashboard/`. With curl: without a session
 //! nothing is shown or done, and a cross-site or token-less POST changes
-//! nothing.
+//! nothing. Accessibility: axe-core (installed by `.ci/install`) audits
+//! each kind of page against WCAG 2.1 A and AA.
 
 mod common;
 
@@ -19,7 +20,7 @@ use common::net::LineConn;
 use common::ponte::Ponte;
 use common::postgres::Postgres;
 use common::webdriver::Browser;
-use common::world::{marker, World, ADMIN_TOKEN, ALICE, DAVE};
+use common::world::{marker, World, ADMIN_TOKEN, ALICE, CAROL, DAVE};
 use serde_json::Value;
 
 /// Where screenshots are kept after the run.
@@ -1354,4 +1355,141 @@ fn in_a_fleet_the_dashboard_lists_every_node_and_its_kicks_reach_them_all() {
         .expect("read timeout");
     let bye = idle.read_line();
     assert!(bye.starts_with("* BYE"), "{bye}");
+}
+
+/// Where `.ci/install` puts axe-core's script; `PONTE_AXE_JS` overrides.
+const AXE_JS: &str = "/opt/ponte-test/node_modules/axe-core/axe.min.js";
+
+/// axe-core's script. Missing, the audit fails: an accessibility check
+/// that skips itself would pass on every machine that lacks it.
+fn axe_script() -> String {
+    let path = std::env::var_os("PONTE_AXE_JS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(AXE_JS));
+    std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "axe-core not found at {}: {e}\nrun .ci/install (as root) to install it, \
+             or set PONTE_AXE_JS to an axe.min.js",
+            path.display()
+        )
+    })
+}
+
+/// The WCAG 2.0 and 2.1 level A and AA rules axe-core finds broken on
+/// the browser's page, one line per rule with the elements that fail it.
+fn axe_violations(b: &Browser, axe: &str) -> Vec<String> {
+    b.execute(&format!("{axe}\n;return typeof axe;"));
+    let found = b.execute_async(
+        "var done = arguments[arguments.length - 1];\
+         axe.run(document, {runOnly: {type: 'tag', values: ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa']}})\
+           .then(function (r) {\
+             done({violations: r.violations.map(function (v) {\
+               return v.id + ' (' + v.impact + '): ' + v.help + '\\n' + v.nodes.map(function (n) {\
+                 return '    ' + n.target.join(' ') + ': ' + (n.failureSummary || '').replace(/\\n\\s*/g, ' ');\
+               }).join('\\n');\
+             }), passes: r.passes.length});\
+           }, function (e) { done({error: String(e)}); });",
+    );
+    assert!(found["error"].is_null(), "axe-core failed: {found}");
+    assert!(
+        found["passes"].as_u64().unwrap_or(0) > 0,
+        "axe-core checked nothing: {found}"
+    );
+    found["violations"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no violations list: {found}"))
+        .iter()
+        .map(|v| v.as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+/// Something in each section: open sessions, a domain's and a mailbox's
+/// schedule, a message spooled during a blackout. The sessions are
+/// returned: they stay open while they are kept.
+fn populate(w: &World, api: &Api) -> Vec<LineConn<TcpStream>> {
+    let (code, v) = api.send_json(
+        "PUT",
+        "/api/domains/pec.example",
+        &serde_json::json!({"state": "blackout"}),
+    );
+    assert_eq!(code, 200, "{v}");
+    send_mail(w, ALICE.address);
+    for body in [
+        serde_json::json!({"domain": "comune.example", "state": "legacy", "at": "2030-01-01T07:00:00Z"}),
+        serde_json::json!({"mailbox": DAVE.address, "state": "migrated", "at": "2030-02-01T07:00:00Z"}),
+    ] {
+        let (code, v) = api.send_json("POST", "/api/schedules", &body);
+        assert_eq!(code, 201, "{v}");
+    }
+    vec![
+        w.login(&ALICE, ALICE.legacy_password),
+        w.login(&CAROL, CAROL.new_password),
+    ]
+}
+
+#[test]
+fn every_dashboard_page_passes_the_wcag_2_1_aa_audit_of_axe_core() {
+    let axe = axe_script();
+    let w = world();
+    let api = Api::new(w.addr("admin"));
+    let base = format!("http://{}", w.addr("admin"));
+    let _open = populate(&w, &api);
+    let b = Browser::start(1280, 1400);
+    let mut failed = Vec::new();
+    let mut check = |page: &str| {
+        for v in axe_violations(&b, &axe) {
+            failed.push(format!("{page}: {v}"));
+        }
+    };
+
+    b.goto(&format!("{base}/dashboard/login"));
+    b.wait_text("Admin token");
+    check("sign-in page");
+    b.type_into("#token", "not-the-token-0123456789");
+    b.click("form.login button");
+    b.wait_text("Wrong token.");
+    check("sign-in page, refused");
+
+    browser_sign_in(&b, &base);
+    // Audited as the live updates leave it, with the queue, the schedules
+    // and the sessions listed and the charts drawn.
+    b.wait_text("Live: updated at");
+    let page = b.wait_text("Scheduled mailbox flips");
+    assert!(page.contains("Sessions, newest last"), "{page}");
+    assert!(
+        page.contains("x@sender.example"),
+        "no spooled message:\n{page}"
+    );
+    check("main page");
+
+    b.goto(&format!(
+        "{base}/dashboard/confirm?action=domain&domain=pec.example&state=migrated"
+    ));
+    b.wait_text("Flip domain pec.example from blackout to migrated");
+    check("review page");
+    b.click("form.confirm button");
+    b.wait_text("Domain pec.example: blackout → migrated");
+    check("main page with the outcome");
+
+    b.goto(&format!(
+        "{base}/dashboard/confirm?action=domain&domain=nowhere.example&state=legacy"
+    ));
+    b.wait_text("nowhere.example is not a managed domain");
+    check("refused review");
+
+    b.goto(&format!("{base}/dashboard"));
+    b.type_into(
+        "#im-csv",
+        "address,state\nnobody@elsewhere.example,migrated\ndave@pec.example,flying\n",
+    );
+    b.click("#import button");
+    b.wait_text("Nothing was imported: 2 bad row(s)");
+    check("import error report");
+
+    assert!(
+        failed.is_empty(),
+        "axe-core found {} violation(s):\n{}",
+        failed.len(),
+        failed.join("\n")
+    );
 }

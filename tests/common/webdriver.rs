@@ -14,6 +14,10 @@ use serde_json::{json, Value};
 
 /// The W3C key under which an element reference travels.
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
+/// The Tab key, for [`Browser::press`].
+pub const TAB: &str = "\u{E004}";
+/// The Enter key, for [`Browser::press`].
+pub const ENTER: &str = "\u{E007}";
 /// Longest wait for an element or a page.
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -246,6 +250,39 @@ impl Browser {
             "/execute/sync",
             Some(json!({ "script": script, "args": [] })),
         )
+    }
+
+    /// Runs an asynchronous script in the page: it gets a callback as its
+    /// last argument (`arguments[arguments.length - 1]`) and the value it
+    /// is called with is returned. Waits up to a minute.
+    pub fn execute_async(&self, script: &str) -> Value {
+        self.cmd("POST", "/timeouts", Some(json!({ "script": 60_000 })));
+        self.cmd(
+            "POST",
+            "/execute/async",
+            Some(json!({ "script": script, "args": [] })),
+        )
+    }
+
+    /// Presses and releases each key of `keys` in turn, at whatever has
+    /// the keyboard focus, as a user would (no element is targeted).
+    /// Special keys are WebDriver code points: [`TAB`], [`ENTER`].
+    pub fn press(&self, keys: &str) {
+        let actions: Vec<Value> = keys
+            .chars()
+            .flat_map(|k| {
+                let k = k.to_string();
+                [
+                    json!({"type": "keyDown", "value": k}),
+                    json!({"type": "keyUp", "value": k}),
+                ]
+            })
+            .collect();
+        self.cmd(
+            "POST",
+            "/actions",
+            Some(json!({"actions": [{"type": "key", "id": "keyboard", "actions": actions}]})),
+        );
     }
 
     pub fn cookies(&self) -> Value {
