@@ -5,7 +5,8 @@
 //! go to `target/test-artifacts/dashboard/`. With curl: without a session
 //! nothing is shown or done, and a cross-site or token-less POST changes
 //! nothing. Accessibility: axe-core (installed by `.ci/install`) audits
-//! each kind of page against WCAG 2.1 A and AA.
+//! each kind of page against WCAG 2.1 A and AA; on a phone-sized window
+//! nothing scrolls sideways; a keyboard alone reaches and submits a form.
 
 mod common;
 
@@ -19,7 +20,7 @@ use common::clients::curl;
 use common::net::LineConn;
 use common::ponte::Ponte;
 use common::postgres::Postgres;
-use common::webdriver::Browser;
+use common::webdriver::{Browser, ENTER, TAB};
 use common::world::{marker, World, ADMIN_TOKEN, ALICE, CAROL, DAVE};
 use serde_json::Value;
 
@@ -199,10 +200,11 @@ fn a_browser_signs_in_flips_a_domain_and_the_next_imap_login_follows() {
     assert_png(&main, "main page screenshot");
 
     // The same page on a phone-sized window.
-    b.set_window(390, 1200);
+    b.set_window(1280, 1400);
+    b.emulate_phone(Some((390, 1200)));
     let phone = b.screenshot(&artefacts().join("main-phone.png"));
     assert_png(&phone, "phone screenshot");
-    b.set_window(1280, 1400);
+    b.emulate_phone(None);
 
     // A list with bad rows: refused as a whole, each bad row reported.
     b.type_into(
@@ -1492,4 +1494,118 @@ fn every_dashboard_page_passes_the_wcag_2_1_aa_audit_of_axe_core() {
         failed.len(),
         failed.join("\n")
     );
+}
+
+/// On a phone-sized window: the page fits its width (nothing scrolls
+/// sideways), its tables are shown as cards, and a screenshot is kept.
+fn assert_fits_a_phone(b: &Browser, shot: &str) -> Value {
+    let fit = b.execute(
+        "var rows = document.querySelectorAll('main tbody tr');\
+         return {width: window.innerWidth, scroll: document.documentElement.scrollWidth,\
+                 rows: rows.length,\
+                 tables: Array.prototype.filter.call(rows, function (r) {\
+                   return getComputedStyle(r).display !== 'block'; }).length,\
+                 wide: Array.prototype.filter.call(document.querySelectorAll('main *'), function (e) {\
+                   return e.getBoundingClientRect().right > window.innerWidth + 0.5; })\
+                   .slice(0, 5).map(function (e) { return e.tagName + '#' + e.id + '.' + e.className; })};",
+    );
+    assert!(
+        fit["width"].as_u64() <= Some(400),
+        "not a phone's width: {fit}"
+    );
+    assert!(
+        fit["scroll"].as_u64() <= fit["width"].as_u64(),
+        "{shot}: the page scrolls sideways: {fit}"
+    );
+    assert_eq!(fit["tables"], 0, "{shot}: rows not shown as cards: {fit}");
+    let png = b.screenshot(&artefacts().join(shot));
+    assert_png(&png, shot);
+    fit
+}
+
+/// What has the keyboard focus: its tag, id and text, and whether a focus
+/// style shows it (an outline or a shadow).
+fn focused(b: &Browser) -> Value {
+    b.execute(
+        "var e = document.activeElement, s = getComputedStyle(e);\
+         return {tag: e.tagName.toLowerCase(), id: e.id, form: e.form ? e.form.id : '',\
+                 text: (e.textContent || '').trim().slice(0, 40), value: e.value || '',\
+                 shown: (s.outlineStyle !== 'none' && parseFloat(s.outlineWidth) > 0)\
+                        || s.boxShadow !== 'none'};",
+    )
+}
+
+/// Presses Tab until `wanted` has the focus; every element passed on the
+/// way must show that it has it.
+fn tab_to(b: &Browser, wanted: impl Fn(&Value) -> bool, what: &str) -> Value {
+    for _ in 0..300 {
+        b.press(TAB);
+        let f = focused(b);
+        assert_eq!(f["shown"], true, "no visible focus style on {f}");
+        if wanted(&f) {
+            return f;
+        }
+    }
+    panic!("Tab never reached {what} on {}", b.url());
+}
+
+#[test]
+fn on_a_phone_nothing_scrolls_sideways_and_a_keyboard_alone_reviews_and_confirms_a_flip() {
+    let w = world();
+    let api = Api::new(w.addr("admin"));
+    let base = format!("http://{}", w.addr("admin"));
+    let _open = populate(&w, &api);
+    let b = Browser::start(1280, 1400);
+    b.emulate_phone(Some((390, 844)));
+    browser_sign_in(&b, &base);
+    b.wait_text("Live: updated at");
+    b.wait_text("Scheduled mailbox flips");
+    let fit = assert_fits_a_phone(&b, "phone-main.png");
+    assert!(fit["rows"].as_u64() > Some(5), "too few table rows: {fit}");
+    // The cards are the same tables restyled: audited as a phone shows them.
+    let violations = axe_violations(&b, &axe_script());
+    assert!(
+        violations.is_empty(),
+        "on a phone:\n{}",
+        violations.join("\n")
+    );
+    b.execute("document.getElementById('sessions').scrollIntoView();");
+    let png = b.screenshot(&artefacts().join("phone-sessions.png"));
+    assert_png(&png, "phone screenshot of the sessions");
+    b.goto(&format!(
+        "{base}/dashboard/confirm?action=domain&domain=pec.example&state=migrated"
+    ));
+    b.wait_text("Flip domain pec.example from blackout to migrated");
+    assert_fits_a_phone(&b, "phone-review.png");
+
+    // The keyboard: from the top of the main page, Tab to the mailbox
+    // flip form, type into it, pick a state by its initial, submit it
+    // with Enter; on the review page, Tab to the confirmation and press
+    // Enter.
+    b.emulate_phone(None);
+    b.goto(&format!("{base}/dashboard"));
+    b.wait_text("Live: updated at");
+    tab_to(&b, |f| f["id"] == "fm-mailbox", "the mailbox field");
+    b.press(DAVE.address);
+    b.press(TAB);
+    assert_eq!(focused(&b)["id"], "fm-state");
+    b.press("m");
+    assert_eq!(focused(&b)["value"], "migrated");
+    let button = tab_to(
+        &b,
+        |f| f["tag"] == "button" && f["form"] != "",
+        "a submit button",
+    );
+    assert_eq!(button["form"], "flip-mailbox", "{button}");
+    b.press(ENTER);
+    b.wait_text("Set mailbox dave@pec.example from");
+    tab_to(
+        &b,
+        |f| f["tag"] == "button" && f["text"] != "Sign out",
+        "the confirmation",
+    );
+    b.press(ENTER);
+    b.wait_text("Mailbox dave@pec.example:");
+    let (_, dave) = api.get(&format!("/api/mailboxes/{}", DAVE.address));
+    assert_eq!(dave["state"], "migrated", "{dave}");
 }

@@ -297,6 +297,26 @@ impl Browser {
         );
     }
 
+    /// Shows pages as a phone of `width` × `height` CSS pixels would
+    /// (the viewport meta tag applies); `None` goes back to the window.
+    /// Chromium keeps even a headless window at least 500 pixels wide, so
+    /// a phone's width needs its device emulation (DevTools, through
+    /// chromedriver's `goog/cdp` command).
+    pub fn emulate_phone(&self, size: Option<(u32, u32)>) {
+        let (cmd, params) = match size {
+            Some((width, height)) => (
+                "Emulation.setDeviceMetricsOverride",
+                json!({"width": width, "height": height, "deviceScaleFactor": 1, "mobile": true}),
+            ),
+            None => ("Emulation.clearDeviceMetricsOverride", json!({})),
+        };
+        self.cmd(
+            "POST",
+            "/goog/cdp/execute",
+            Some(json!({ "cmd": cmd, "params": params })),
+        );
+    }
+
     /// A PNG of the viewport, written to `path`; returns its bytes.
     pub fn screenshot(&self, path: &Path) -> Vec<u8> {
         let b64 = self.cmd("GET", "/screenshot", None);
