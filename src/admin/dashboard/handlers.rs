@@ -15,7 +15,7 @@ use serde::Deserialize;
 use tracing::{info, warn};
 
 use super::actions::{describe_import, Action, Form as ActionForm};
-use super::html::{csrf_field, esc, page};
+use super::html::{csrf_field, esc, page, ROW};
 use super::overview::Overview;
 use super::session::{Signed, COOKIE, MAX_IMPORT};
 use super::{csrf, pages, redirect};
@@ -395,7 +395,7 @@ fn bad_rows(who: &Signed, rows: &[String], csv: Option<&str>) -> Response {
     super::html::thead(&mut table, "Bad rows", &["Row", "Problem"]);
     for r in rows {
         let (at, why) = r.split_once(": ").unwrap_or(("", r));
-        table.push_str("<tr>");
+        table.push_str(ROW);
         super::html::td(&mut table, "Row", &esc(at));
         super::html::td(&mut table, "Problem", &esc(why));
         table.push_str("</tr>");

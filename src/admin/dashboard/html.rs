@@ -64,20 +64,33 @@ pub fn time(unix: i64) -> String {
 /// A table cell with its column's name, which narrow screens show beside
 /// the value (see the stylesheet).
 pub fn td(out: &mut String, label: &str, html: &str) {
-    let _ = write!(out, "<td data-label=\"{}\">{html}</td>", esc(label));
+    let _ = write!(
+        out,
+        "<td role=\"cell\" data-label=\"{}\">{html}</td>",
+        esc(label)
+    );
 }
+
+/// A body row's start. Tables carry their ARIA roles explicitly: on a
+/// phone the stylesheet shows them as cards (`display: block`), which
+/// makes WebKit's screen reader drop the implicit table semantics.
+pub const ROW: &str = "<tr role=\"row\">";
 
 /// A table's opening and header row.
 pub fn thead(out: &mut String, caption: &str, columns: &[&str]) {
     let _ = write!(
         out,
-        "<div class=\"scroll\"><table><caption>{}</caption><thead><tr>",
+        "<div class=\"scroll\"><table role=\"table\"><caption>{}</caption><thead role=\"rowgroup\">{ROW}",
         esc(caption)
     );
     for c in columns {
-        let _ = write!(out, "<th scope=\"col\">{}</th>", esc(c));
+        let _ = write!(
+            out,
+            "<th role=\"columnheader\" scope=\"col\">{}</th>",
+            esc(c)
+        );
     }
-    out.push_str("</tr></thead><tbody>");
+    out.push_str("</tr></thead><tbody role=\"rowgroup\">");
 }
 
 pub fn tfoot(out: &mut String) {

@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 
 use super::chart;
 use super::history::Sample;
-use super::html::{csrf_field, duration, esc, number, query, td, tfoot, thead, time};
+use super::html::{csrf_field, duration, esc, number, query, td, tfoot, thead, time, ROW};
 use super::overview::{Overview, MESSAGES_SHOWN, STATES};
 use crate::control::fleet::HEARTBEAT;
 use crate::route::{NodeReport, Schedule, Subject};
@@ -141,7 +141,7 @@ fn domains(o: &Overview) -> String {
         &cols,
     );
     for d in &o.domains {
-        out.push_str("<tr>");
+        out.push_str(ROW);
         td(
             &mut out,
             "Domain",
@@ -220,7 +220,7 @@ fn other_schedules(o: &Overview) -> String {
             Subject::Mailbox(m) => esc(m),
             Subject::Domain(d) => format!("domain {} (not configured)", esc(d)),
         };
-        out.push_str("<tr>");
+        out.push_str(ROW);
         td(&mut out, "Mailbox", &of);
         td(
             &mut out,
@@ -271,7 +271,7 @@ fn sessions(o: &Overview) -> String {
         &["Listener", "Route", "Sessions"],
     );
     for ((listener, route), n) in by_route {
-        out.push_str("<tr>");
+        out.push_str(ROW);
         td(&mut out, "Listener", &esc(listener));
         td(&mut out, "Route", &esc(route));
         td(&mut out, "Sessions", &number(n as u64));
@@ -291,7 +291,7 @@ fn sessions(o: &Overview) -> String {
             .since
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
-        out.push_str("<tr>");
+        out.push_str(ROW);
         td(&mut out, "Id", &e.id.to_string());
         td(&mut out, "Mailbox", &esc(&e.address));
         td(&mut out, "Listener", &esc(&e.listener));
@@ -335,7 +335,7 @@ fn spool(o: &Overview) -> String {
         &["Domain", "Messages", "Held", "Bytes", "Oldest"],
     );
     for (d, f) in &q.stats.domains {
-        out.push_str("<tr>");
+        out.push_str(ROW);
         td(&mut out, "Domain", &esc(d));
         td(&mut out, "Messages", &number(f.messages));
         td(&mut out, "Held", &number(f.held));
@@ -357,7 +357,7 @@ fn spool(o: &Overview) -> String {
         let env = &m.envelope;
         let id = m.id.to_string();
         let to: Vec<String> = env.recipients.iter().map(|r| esc(&r.address)).collect();
-        out.push_str("<tr>");
+        out.push_str(ROW);
         td(&mut out, "Id", &format!("<code>{}</code>", esc(&id)));
         td(&mut out, "From", &esc(or_null(&env.mail_from)));
         td(&mut out, "To", &to.join("<br>"));
@@ -452,7 +452,7 @@ fn fleet(nodes: &Result<Vec<NodeReport>, String>, now: i64, this: &str) -> Strin
             };
             format!("{}{held}", figure(&n.queue["messages"]))
         };
-        out.push_str("<tr>");
+        out.push_str(ROW);
         td(&mut out, "Node", &name);
         td(
             &mut out,
@@ -487,7 +487,7 @@ fn backends(o: &Overview) -> String {
         ],
     );
     for (name, h) in &o.backends {
-        out.push_str("<tr>");
+        out.push_str(ROW);
         td(&mut out, "Backend", &esc(name));
         td(
             &mut out,
@@ -535,7 +535,7 @@ fn audit(o: &Overview) -> String {
         &["When", "Who", "What", "Old", "New"],
     );
     for a in entries {
-        out.push_str("<tr>");
+        out.push_str(ROW);
         td(&mut out, "When", &time(a.at));
         td(&mut out, "Who", &esc(&a.who));
         td(&mut out, "What", &esc(&a.what));
