@@ -733,6 +733,7 @@ fn a_mailbox_state_change_keeps_the_backend_named_at_write_time() {
             "schedule 1 by ops",
         )
         .expect("state change");
+    assert_eq!(applied.replaced, Some(MailboxState::Legacy));
     let rec = store.mailbox(&a).expect("read").expect("override kept");
     assert_eq!(
         (rec.state, rec.backend.as_deref()),
@@ -758,7 +759,9 @@ fn a_node_with_an_old_file_does_not_undo_an_admins_flip() {
         domain: "pec.example".into(),
         state: MailboxState::Migrated,
     };
-    store.apply(&flip, "ops").expect("flip");
+    let applied = store.apply(&flip, "ops").expect("flip");
+    // What it replaced, as PostgreSQL's transaction read it.
+    assert_eq!(applied.replaced, Some(MailboxState::Legacy));
     // Another node, its file still saying legacy, comes up.
     let other = PgStore::open(&pg.url(), "old-file", None).expect("open");
     let applied = other.apply(&configured, CONFIG).expect("second start");

@@ -125,13 +125,24 @@ impl Control {
     /// The domain's current default state.
     pub fn domain_state(&self, domain: &str) -> Result<MailboxState, ControlError> {
         let d = self.managed_domain(domain)?;
-        let configured = self.ctx().config.domain[&d].state;
+        let configured = self.configured_state(&d)?;
         Ok(self
             .ctx()
             .router
             .store()
             .domain(&d)?
             .map_or(configured, |r| r.state))
+    }
+
+    /// The state the configuration gives domain `d` (looked up, not
+    /// indexed: a reload may have removed it since it was checked).
+    fn configured_state(&self, d: &str) -> Result<MailboxState, ControlError> {
+        self.ctx()
+            .config
+            .domain
+            .get(d)
+            .map(|c| c.state)
+            .ok_or_else(|| ControlError::NotFound(format!("{d} is not a managed domain")))
     }
 
     pub fn set_domain(
@@ -141,12 +152,17 @@ impl Control {
         who: &str,
     ) -> Result<Flip, ControlError> {
         let d = self.managed_domain(domain)?;
-        let old = self.domain_state(&d)?;
         let change = Change::DomainState {
             domain: d.clone(),
             state,
         };
-        self.ctx().router.store().apply(&change, who)?;
+        let applied = self.ctx().router.store().apply(&change, who)?;
+        // Applied: a reload that dropped the domain meanwhile must not
+        // turn this into an error.
+        let old = match applied.replaced {
+            Some(old) => old,
+            None => self.configured_state(&d).unwrap_or(state),
+        };
         let kicked = self.reroute(|e| e.domain == d);
         info!(domain = %d, %old, new = %state, %who, kicked, "domain state changed");
         metrics::counter!("ponte_state_flips_total", "kind" => "domain").increment(1);
@@ -171,9 +187,8 @@ impl Control {
                 return Err(ControlError::Invalid(format!("unknown backend {b:?}")));
             }
         }
-        let old = self.ctx().router.store().mailbox(&a)?.map(|m| m.state);
         let change = Change::Mailboxes(vec![(a.clone(), state, backend)]);
-        self.ctx().router.store().apply(&change, who)?;
+        let old = self.ctx().router.store().apply(&change, who)?.replaced;
         let kicked = self.reroute(|e| e.address == a);
         info!(mailbox = %a, old = ?old, new = %state, %who, kicked, "mailbox state changed");
         metrics::counter!("ponte_state_flips_total", "kind" => "mailbox").increment(1);

@@ -162,6 +162,11 @@ pub enum Change {
 pub struct Applied {
     pub audit: Vec<AuditEntry>,
     pub schedule_id: Option<u64>,
+    /// For a change of one domain's state or one mailbox's own state: the
+    /// state it replaced, as the change's own transaction read it (in a
+    /// fleet, newer than this node's copy may be). `None`: none was
+    /// stored (the configuration's, or the domain's, was in force).
+    pub replaced: Option<MailboxState>,
     /// For `ClaimSchedule`: the schedule was there and this call did it.
     pub claimed: bool,
 }
@@ -368,6 +373,7 @@ impl Writer<'_> {
             let v = t.get(domain).map_err(StoreError::new)?;
             v.map(|v| from_json(v.value())).transpose()?
         };
+        self.applied.replaced = old.as_ref().map(|o| o.state);
         if old.as_ref().is_some_and(|o| {
             (o.state == state && o.set_by == self.who) || (keep_admin && o.set_by != CONFIG)
         }) {
@@ -401,6 +407,9 @@ impl Writer<'_> {
                     .map_err(StoreError::new)?
                     .map(|v| from_json(v.value()))
                     .transpose()?;
+                if rows.len() == 1 {
+                    self.applied.replaced = old.as_ref().map(|o| o.state);
+                }
                 if old
                     .as_ref()
                     .is_some_and(|o| o.state == *state && o.backend == *backend)
@@ -895,7 +904,8 @@ mod tests {
             domain: "x.example".into(),
             state: MailboxState::Migrated,
         };
-        s.apply(&flip, "ops").unwrap();
+        let applied = s.apply(&flip, "ops").unwrap();
+        assert_eq!(applied.replaced, Some(MailboxState::Blackout));
         // A node with an old file (or a stale view) writes nothing.
         let applied = s.apply(&configured(MailboxState::Legacy), CONFIG).unwrap();
         assert!(applied.audit.is_empty());

@@ -363,6 +363,7 @@ impl Writer<'_> {
             .await
             .map_err(|e| self.pe(e))?
             .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1)));
+        self.applied.replaced = old.as_ref().and_then(|(s, _)| s.parse().ok());
         if old.as_ref().is_some_and(|(s, by)| {
             (s == state.as_str() && by == self.who) || (keep_admin && by != CONFIG)
         }) {
@@ -419,6 +420,9 @@ impl Writer<'_> {
                 continue;
             }
             let old = existing.get(address);
+            if rows.len() == 1 {
+                self.applied.replaced = old.map(|o| o.state);
+            }
             if old.is_some_and(|o| o.state == *state && o.backend == *backend) {
                 continue;
             }
