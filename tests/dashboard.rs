@@ -1047,6 +1047,20 @@ fn a_schedule_takes_the_offset_of_its_own_date_and_a_mailbox_schedule_is_cancell
         "the browser is not in the Rome time zone"
     );
 
+    // The browser checks an offset typed by hand (a pattern valid under
+    // the `v` flag browsers compile it with: an invalid one is ignored).
+    for (id, typed, bad) in [
+        ("sc-tz", "+0100", true),
+        ("sc-tz", "-05:00", false),
+        ("tm-tz", "1:00", true),
+    ] {
+        let mismatch = b.execute(&format!(
+            "var f = document.getElementById('{id}'); var was = f.value; f.value = '{typed}'; \
+             var m = f.validity.patternMismatch; f.value = was; return m;"
+        ));
+        assert_eq!(mismatch, bad, "{id} = {typed:?}");
+    }
+
     // The offset follows the chosen date, not today's.
     assert_eq!(set_schedule_time(&b, "2030-07-01T08:00", true), "+02:00");
     assert_eq!(set_schedule_time(&b, "2030-01-01T08:00", true), "+01:00");

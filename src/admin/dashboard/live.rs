@@ -106,9 +106,15 @@ async fn rendered(s: &AdminState, anew: bool) -> Result<Arc<String>, crate::cont
             return Ok(json.clone());
         }
     }
+    // Stamped with when its reading began: a slow rendering must not
+    // replace one that read the state later (an action's page's own).
+    let began = Instant::now();
     let o = Overview::gather(&s.control).await?;
     let h = &s.dashboard.history;
     let json = Arc::new(pages::live_json(&o, &h.samples(), h.interval.as_secs()).to_string());
-    *cache.lock().unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), json.clone()));
+    let mut shared = cache.lock().unwrap_or_else(|p| p.into_inner());
+    if shared.as_ref().is_none_or(|(at, _)| *at <= began) {
+        *shared = Some((began, json.clone()));
+    }
     Ok(json)
 }

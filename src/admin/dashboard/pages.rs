@@ -606,7 +606,7 @@ fn actions(o: &Overview, csrf: &str, backends: &[String]) -> String {
          <p class=\"muted\" id=\"tm-help\">When the mailbox's read-only view of its old mailbox closes. Cleared, it follows its domain's deadline again.</p>\
          <label for=\"tm-mailbox\">Address</label><input id=\"tm-mailbox\" name=\"mailbox\" required autocomplete=\"off\" spellcheck=\"false\" placeholder=\"user@domain\" aria-describedby=\"tm-help\">\
          <label for=\"tm-at\">Closes at (local time)</label><input id=\"tm-at\" name=\"at\" type=\"datetime-local\" required>\
-         <label for=\"tm-tz\">UTC offset</label><input id=\"tm-tz\" name=\"tz\" value=\"+00:00\" pattern=\"[+-][0-9]{2}:[0-9]{2}\" data-tz>\
+         <label for=\"tm-tz\">UTC offset</label><input id=\"tm-tz\" name=\"tz\" value=\"+00:00\" pattern=\"[+\\-][0-9]{2}:[0-9]{2}\" data-tz>\
          <button type=\"submit\" name=\"action\" value=\"tempmail\">Review the deadline</button> \
          <button type=\"submit\" name=\"action\" value=\"tempmail-clear\" formnovalidate>Review clearing it</button></form>",
     );
@@ -617,7 +617,7 @@ fn actions(o: &Overview, csrf: &str, backends: &[String]) -> String {
          <label for=\"sc-kind\">Of a</label><select id=\"sc-kind\" name=\"kind\"><option value=\"domain\">domain</option><option value=\"mailbox\">mailbox</option></select>\
          <label for=\"sc-target\">Domain or address</label><input id=\"sc-target\" name=\"target\" required autocomplete=\"off\" spellcheck=\"false\">\
          {}<label for=\"sc-at\">At (local time)</label><input id=\"sc-at\" name=\"at\" type=\"datetime-local\" required>\
-         <label for=\"sc-tz\">UTC offset</label><input id=\"sc-tz\" name=\"tz\" value=\"+00:00\" pattern=\"[+-][0-9]{{2}}:[0-9]{{2}}\" data-tz>\
+         <label for=\"sc-tz\">UTC offset</label><input id=\"sc-tz\" name=\"tz\" value=\"+00:00\" pattern=\"[+\\-][0-9]{{2}}:[0-9]{{2}}\" data-tz>\
          <button type=\"submit\">Review</button></form>",
         state_select("sc-state")
     );
