@@ -384,4 +384,16 @@ fn a_kick_closes_the_mailboxs_sessions_and_is_audited_under_the_token_name() {
         ),
         "{audit}"
     );
+    // What is no address or domain is refused, never audited.
+    let long = format!("{}@pec.example", "a".repeat(9000));
+    for bad in [
+        json!({"mailbox": long}),
+        json!({"mailbox": "alice"}),
+        json!({"domain": "a b"}),
+    ] {
+        let (code, body) = api.send_json("POST", "/api/kick", &bad);
+        assert_eq!(code, 400, "{bad}: {body}");
+    }
+    let (_, after) = api.get("/api/audit?limit=5");
+    assert_eq!(after["audit"], audit["audit"], "nothing audited");
 }

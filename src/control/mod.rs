@@ -365,9 +365,24 @@ impl Control {
         reason: &str,
         who: &str,
     ) -> Result<usize, ControlError> {
+        // Normalized as sessions are registered, and bounded: the
+        // selector travels in a NOTIFY payload too.
         let selector = match selector {
-            Selector::Mailbox(a) => Selector::Mailbox(a.to_lowercase()),
-            Selector::Domain(d) => Selector::Domain(d.to_ascii_lowercase()),
+            Selector::Mailbox(a) => Selector::Mailbox(
+                route::normalize(a, None)
+                    .ok_or_else(|| ControlError::Invalid(format!("{a:?} is not an address")))?,
+            ),
+            Selector::Domain(d) => {
+                let d = d.trim().to_ascii_lowercase();
+                // RFC 1035: a domain name is at most 253 characters.
+                if d.is_empty()
+                    || d.len() > 253
+                    || d.contains(|c: char| c.is_whitespace() || c == '@')
+                {
+                    return Err(ControlError::Invalid(format!("{d:?} is not a domain")));
+                }
+                Selector::Domain(d)
+            }
             Selector::Id(id) => Selector::Id(*id),
         };
         // Bounded: the reason travels in a NOTIFY payload (8,000 bytes).
