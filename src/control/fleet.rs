@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use super::Control;
+use super::{Control, ControlError};
 use crate::route::{now_unix, Event, NodeReport};
 use crate::spool::QueueStats;
 
@@ -92,7 +92,10 @@ async fn report(control: &Control, admin: Option<SocketAddr>, started: i64) -> N
                 .collect();
             q
         }
-        Err(_) => Value::Null,
+        Err(ControlError::NoSpool) => Value::Null,
+        // Said, not left out: a node whose spool cannot be read must not
+        // look like one without mail.
+        Err(e) => json!({ "error": e.to_string() }),
     };
     NodeReport {
         node: ctx.config.state.node(),

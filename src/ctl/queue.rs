@@ -228,8 +228,9 @@ struct Node {
     heartbeat_age_seconds: i64,
     #[serde(default)]
     sessions: serde_json::Value,
+    /// Figures, `null` (no inbound listener) or `{"error": …}`.
     #[serde(default)]
-    queue: Option<Figures>,
+    queue: serde_json::Value,
 }
 
 /// One row per node: its sessions and spool, and how old the figures are;
@@ -249,14 +250,20 @@ fn fleet(f: &Fleet) -> String {
     for n in &f.nodes {
         let s = n.sessions["total"].as_u64().unwrap_or(0);
         sessions += s;
-        let q = n.queue.as_ref();
+        let figures = Figures::deserialize(&n.queue).ok();
+        let q = figures.as_ref();
         messages += q.map_or(0, |q| q.messages);
+        let unread = n.queue["error"]
+            .as_str()
+            .map(|e| format!("unreadable: {e}"));
         t.row(vec![
             n.node.clone(),
             or_dash(&n.admin),
             format!("{} ago", duration(n.heartbeat_age_seconds)),
             s.to_string(),
-            q.map_or("-".into(), |q| q.messages.to_string()),
+            q.map(|q| q.messages.to_string())
+                .or(unread)
+                .unwrap_or_else(|| "-".into()),
             q.map_or("-".into(), |q| bytes(q.bytes)),
             q.map_or("-".into(), |q| q.held.to_string()),
             q.and_then(|q| q.oldest_age_seconds)
@@ -652,17 +659,19 @@ mod tests {
         let body = r#"{"nodes":[
             {"node":"mx1","admin":"127.0.0.1:8025","heartbeat_age_seconds":2,"sessions":{"total":3},
              "queue":{"messages":2,"bytes":2048,"held":0,"oldest_age_seconds":60}},
-            {"node":"mx2","admin":null,"heartbeat_age_seconds":40,"sessions":{"total":1},"queue":null}],
+            {"node":"mx2","admin":null,"heartbeat_age_seconds":40,"sessions":{"total":1},"queue":null},
+            {"node":"mx3","admin":null,"heartbeat_age_seconds":3,"sessions":{"total":0},"queue":{"error":"spool: disk gone"}}],
             "total":{"messages":2,"bytes":2048,"held":0,"oldest":"2026-04-01T10:00:00Z","oldest_age_seconds":62},
             "domains":[{"domain":"pec.example","messages":2,"bytes":2048,"held":0,"oldest":"2026-04-01T10:00:00Z","oldest_age_seconds":62}]}"#;
         let text = render(QueueView::Fleet, body).unwrap();
-        let want = "NODE  ADMIN           HEARTBEAT  SESSIONS  MESSAGES  BYTES    HELD  OLDEST\n\
-                    mx1   127.0.0.1:8025  2s ago     3         2         2.0 KiB  0     1m 0s\n\
-                    mx2   -               40s ago    1         -         -        -     -\n\n\
+        let want = "NODE  ADMIN           HEARTBEAT  SESSIONS  MESSAGES                      BYTES    HELD  OLDEST\n\
+                    mx1   127.0.0.1:8025  2s ago     3         2                             2.0 KiB  0     1m 0s\n\
+                    mx2   -               40s ago    1         -                             -        -     -\n\
+                    mx3   -               3s ago     0         unreadable: spool: disk gone  -        -     -\n\n\
                     DOMAIN       MESSAGES  BYTES    HELD  OLDEST\n\
                     pec.example  2         2.0 KiB  0     2026-04-01T10:00:00Z (1m 2s ago)\n\n\
                     total: 2 messages, 2.0 KiB, 0 held, oldest waiting 1m 2s\n\
-                    fleet: 2 nodes, 4 sessions, 2 spooled messages\n";
+                    fleet: 3 nodes, 4 sessions, 2 spooled messages\n";
         assert_eq!(text, want, "\n{text}");
     }
 

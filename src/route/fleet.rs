@@ -120,7 +120,8 @@ pub struct NodeReport {
     pub heartbeat: i64,
     /// Sessions: `{"total": n, "by_route": {...}}`.
     pub sessions: Value,
-    /// The spool's totals (`null` without an inbound listener).
+    /// The spool's totals and per recipient domain (`null` without an
+    /// inbound listener; `{"error": …}` when the spool could not be read).
     pub queue: Value,
 }
 

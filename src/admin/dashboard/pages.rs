@@ -443,6 +443,8 @@ fn fleet(nodes: &Result<Vec<NodeReport>, String>, now: i64, this: &str) -> Strin
         let figure = |v: &Value| v.as_u64().map_or("—".into(), number);
         let spooled = if n.queue.is_null() {
             "no inbound listener".to_string()
+        } else if let Some(e) = n.queue["error"].as_str() {
+            format!("<span class=\"bad\">spool unreadable: {}</span>", esc(e))
         } else {
             let held = n.queue["held"].as_u64().unwrap_or(0);
             let held = if held > 0 {
@@ -691,6 +693,7 @@ mod tests {
                 json!({"messages": 7, "bytes": 1, "held": 2, "oldest_age_seconds": 5, "by_domain": {}}),
             ),
             node("mx-<b>", now - 600, Value::Null),
+            node("mx-c", now - 1, json!({"error": "spool: <gone>"})),
         ];
         let html = fleet(&Ok(nodes), now, "mx-a");
         assert!(
@@ -703,6 +706,10 @@ mod tests {
         assert!(html.contains("mx-&lt;b&gt;"), "{html}");
         assert!(html.contains("10 min ago: silent"), "{html}");
         assert!(html.contains("no inbound listener"), "{html}");
+        assert!(
+            html.contains("spool unreadable: spool: &lt;gone&gt;"),
+            "{html}"
+        );
         assert!(!html.contains("<b>"), "{html}");
 
         let empty = fleet(&Ok(vec![]), now, "mx-a");
