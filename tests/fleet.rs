@@ -771,7 +771,8 @@ fn a_node_with_an_old_file_does_not_undo_an_admins_flip() {
         (rec.state, rec.set_by.as_str()),
         (MailboxState::Migrated, "ops")
     );
-    // Through the real start-up path too: the node routes by the flip.
+    // And a node started now routes by the flip (its start-up also skips
+    // a domain an admin set, on its freshly loaded copy).
     let world = World::backends_only("");
     let node = Ponte::start(&world.fleet_config(&pg.url(), "node-old"));
     let (_, d) = Api::new(node.addr("admin")).get("/api/status");
