@@ -14,7 +14,7 @@ use axum::Form;
 use serde::Deserialize;
 use tracing::{info, warn};
 
-use super::actions::{describe_import, Action, Form as ActionForm};
+use super::actions::{Action, Form as ActionForm};
 use super::html::{csrf_field, esc, page, ROW};
 use super::overview::Overview;
 use super::session::{Signed, COOKIE, MAX_IMPORT};
@@ -355,7 +355,7 @@ pub async fn import(State(s): St, who: Signed, PageForm(form): PageForm<ImportFo
         let ctx = control.ctx();
         let known = |b: &str| ctx.backends.contains_key(b);
         match crate::route::parse_mailbox_csv(&csv, &ctx.config.domain, &known) {
-            Ok(rows) => describe_import(&state, &rows).map(|what| Ok((what, csv))),
+            Ok(rows) => super::review::import(&state, &rows).map(|what| Ok((what, csv))),
             Err(crate::route::SeedError::Rows(bad)) => Ok(Err((bad, csv))),
             Err(other) => Err(ControlError::Invalid(other.to_string())),
         }

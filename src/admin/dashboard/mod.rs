@@ -27,6 +27,7 @@ mod live;
 mod overview;
 mod own;
 mod pages;
+mod review;
 mod session;
 
 use std::sync::atomic::AtomicUsize;
