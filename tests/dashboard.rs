@@ -88,6 +88,17 @@ fn audit(api: &Api) -> Vec<Value> {
     v["audit"].as_array().cloned().unwrap_or_default()
 }
 
+/// Reads the line an open IMAP session gets when it is closed, within
+/// `secs`: it must be `* BYE`. Returns it.
+fn expect_bye(c: &mut LineConn<TcpStream>, secs: u64) -> String {
+    c.get_mut()
+        .set_read_timeout(Some(Duration::from_secs(secs)))
+        .expect("read timeout");
+    let bye = c.read_line();
+    assert!(bye.starts_with("* BYE"), "{bye}");
+    bye
+}
+
 /// Waits until the element's text contains `needle`.
 fn wait_for_text(b: &Browser, css: &str, needle: &str) {
     let start = std::time::Instant::now();
@@ -168,11 +179,7 @@ fn a_browser_signs_in_flips_a_domain_and_the_next_imap_login_follows() {
     assert_eq!(domain_state(&api, "pec.example"), "migrated");
 
     // The open session was told to go; the next login lands on the new store.
-    open.get_mut()
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let bye = open.read_line();
-    assert!(bye.starts_with("* BYE"), "{bye}");
+    expect_bye(&mut open, 10);
     assert!(
         first_subject(&w, ALICE.address, ALICE.new_password.unwrap())
             .contains(&marker("new", ALICE.address))
@@ -649,10 +656,7 @@ fn each_action_is_reviewed_first_then_done_and_audited_under_the_token_name() {
         "<strong>1</strong> now",
     );
     assert!(flash.contains("1 session(s) closed."), "{flash}");
-    open.get_mut()
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    assert!(open.read_line().starts_with("* BYE"));
+    expect_bye(&mut open, 10);
 
     // Holding and releasing a message spooled during a blackout.
     let (code, _) = api.send_json(
@@ -844,11 +848,7 @@ fn a_mailbox_follows_its_domain_again_and_its_own_tempmail_deadline_is_set_and_c
         (Some("legacy"), Some("domain"), Some("legacy")),
         "{alice}"
     );
-    open.get_mut()
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let bye = open.read_line();
-    assert!(bye.starts_with("* BYE"), "{bye}");
+    expect_bye(&mut open, 10);
     assert!(
         first_subject(&w, ALICE.address, ALICE.legacy_password.unwrap())
             .contains(&marker("legacy", ALICE.address))
@@ -893,11 +893,7 @@ fn a_mailbox_follows_its_domain_again_and_its_own_tempmail_deadline_is_set_and_c
         mailbox(DAVE.address)["tempmail_until"],
         "2030-06-30T16:00:00Z"
     );
-    tm.get_mut()
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let bye = tm.read_line();
-    assert!(bye.starts_with("* BYE"), "{bye}");
+    expect_bye(&mut tm, 10);
 
     // Cleared: back to the domain's deadline.
     let flash = review_and_do(
@@ -1366,11 +1362,7 @@ fn in_a_fleet_the_dashboard_lists_every_node_and_its_kicks_reach_them_all() {
         flash.contains("0 session(s) closed on this node"),
         "{flash}"
     );
-    idle.get_mut()
-        .set_read_timeout(Some(Duration::from_secs(2)))
-        .expect("read timeout");
-    let bye = idle.read_line();
-    assert!(bye.starts_with("* BYE"), "{bye}");
+    expect_bye(&mut idle, 2);
 }
 
 /// Where `.ci/install` puts axe-core's script; `PONTE_AXE_JS` overrides.
