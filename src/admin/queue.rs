@@ -64,16 +64,6 @@ impl Narrow {
     }
 }
 
-fn figures(q: &QueueStats, now: i64) -> Value {
-    json!({
-        "messages": q.messages,
-        "bytes": q.bytes,
-        "held": q.held,
-        "oldest": q.oldest.map_or(Value::Null, rfc3339),
-        "oldest_age_seconds": q.oldest_age(now),
-    })
-}
-
 /// `GET /api/queue`: the whole queue's figures and, per recipient domain
 /// and mailbox, those of the messages still to deliver there. `domain`
 /// or `mailbox` narrows the two lists (not the total).
@@ -98,16 +88,16 @@ pub async fn stats(State(s): St, Query(q): Query<Narrow>) -> Api {
         .domains
         .iter()
         .filter(|(d, _)| keep_domain(d))
-        .map(|(d, f)| with_key("domain", d, figures(f, now)))
+        .map(|(d, f)| with_key("domain", d, f.to_json(now)))
         .collect();
     let mailboxes: Vec<Value> = stats
         .mailboxes
         .iter()
         .filter(|(a, _)| keep_mailbox(a))
-        .map(|(a, f)| with_key("address", a, figures(f, now)))
+        .map(|(a, f)| with_key("address", a, f.to_json(now)))
         .collect();
     Ok(Json(json!({
-        "total": figures(&stats.total, now),
+        "total": stats.total.to_json(now),
         "domains": domains,
         "mailboxes": mailboxes,
     })))
@@ -301,7 +291,7 @@ async fn fleet(control: &Arc<Control>) -> Api {
     }
     let domains: Vec<Value> = domains
         .iter()
-        .map(|(d, q)| with_key("domain", d, figures(q, now)))
+        .map(|(d, q)| with_key("domain", d, q.to_json(now)))
         .collect();
     let list: Vec<Value> = nodes
         .iter()
@@ -319,7 +309,7 @@ async fn fleet(control: &Arc<Control>) -> Api {
         .collect();
     Ok(Json(json!({
         "nodes": list,
-        "total": figures(&total, now),
+        "total": total.to_json(now),
         "domains": domains,
     })))
 }

@@ -14,7 +14,6 @@ use tracing::info;
 
 use super::{Control, ControlError};
 use crate::route::{now_unix, Event, NodeReport};
-use crate::spool::QueueStats;
 
 /// How often a node publishes its figures.
 pub const HEARTBEAT: Duration = Duration::from_secs(5);
@@ -68,24 +67,16 @@ async fn report(control: &Control, admin: Option<SocketAddr>, started: i64) -> N
         *by_route.entry(e.route.clone()).or_default() += 1;
     }
     let now = now_unix();
-    let figures = |q: &QueueStats| {
-        json!({
-            "messages": q.messages,
-            "bytes": q.bytes,
-            "held": q.held,
-            "oldest_age_seconds": q.oldest_age(now),
-        })
-    };
     // The totals and each recipient domain's (managed domains only: a
     // few, whatever the queue's size).
     let queue = match control.queue_stats().await {
         Ok(s) => {
-            let mut q = figures(&s.total);
+            let mut q = s.total.to_json(now);
             q["domains"] = s
                 .domains
                 .iter()
                 .map(|(d, f)| {
-                    let mut row = figures(f);
+                    let mut row = f.to_json(now);
                     row["domain"] = json!(d);
                     row
                 })

@@ -24,6 +24,18 @@ impl QueueStats {
         self.oldest.map(|t| (now - t).max(0))
     }
 
+    /// The figures as the admin API and the fleet's heartbeats give them,
+    /// ages at `now`.
+    pub fn to_json(&self, now: i64) -> serde_json::Value {
+        serde_json::json!({
+            "messages": self.messages,
+            "bytes": self.bytes,
+            "held": self.held,
+            "oldest": self.oldest.map(crate::route::rfc3339),
+            "oldest_age_seconds": self.oldest_age(now),
+        })
+    }
+
     /// Adds another queue's figures (another node's, in a fleet).
     pub fn merge(&mut self, o: &QueueStats) {
         self.messages += o.messages;
