@@ -103,13 +103,8 @@ impl Control {
 
     fn managed_domain(&self, domain: &str) -> Result<String, ControlError> {
         let d = domain.trim().to_ascii_lowercase();
-        if self.ctx().config.domain.contains_key(&d) {
-            Ok(d)
-        } else {
-            Err(ControlError::NotFound(format!(
-                "{d} is not a managed domain"
-            )))
-        }
+        self.configured_state(&d)?;
+        Ok(d)
     }
 
     /// A full, lower-case address in a managed domain.
