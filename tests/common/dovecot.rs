@@ -469,6 +469,10 @@ login_trusted_networks = 127.0.0.0/8 ::1
 auth_verbose = yes
 # Wrong-password tests should not sleep 2 s each (see also the passdbs).
 auth_failure_delay = 0
+# No `* OK Still here` during IDLE: Dovecot phases it per client IP on the
+# wall clock, so it lands at a random moment in a test and would be read
+# where a test waits for a tagged reply or a BYE (0 turns it off).
+imap_idle_notify_interval = 0
 # Behind a proxy every session comes from one IP; the default limit is 10.
 mail_max_userip_connections = 1000
 default_internal_user = dovecot
