@@ -26,6 +26,7 @@ use crate::net::listener;
 use crate::net::throttle::{Policy, Throttle};
 use crate::observe::Observed;
 use crate::registry::Registry;
+use crate::route::fleet::Reply;
 use crate::route::{import_seed, Event, PgStore, RedbStore, Router, StateStore};
 use crate::spool::{self, worker, Spool};
 
@@ -177,7 +178,7 @@ pub struct Server {
     current: Arc<ArcSwap<Ctx>>,
     control: Arc<Control>,
     /// Changes other fleet nodes made (a PostgreSQL store only).
-    events: mpsc::UnboundedReceiver<Event>,
+    events: mpsc::UnboundedReceiver<(Event, Reply)>,
     listeners: Vec<(String, TcpListener)>,
     admin: Option<(TcpListener, Vec<Token>)>,
     reloads: (mpsc::Sender<ReloadRequest>, mpsc::Receiver<ReloadRequest>),
@@ -244,8 +245,8 @@ impl Server {
             .load()
             .router
             .store()
-            .watch(Arc::new(move |e: &Event| {
-                let _ = tx.send(e.clone());
+            .watch(Arc::new(move |e: &Event, reply| {
+                let _ = tx.send((e.clone(), reply));
             }));
         Ok(Server {
             control: Control::new(current.clone()),
@@ -373,14 +374,16 @@ async fn open_store(config: &Config) -> Result<Arc<dyn StateStore>, ServerError>
 /// Re-routes this node's sessions after another node's change.
 async fn fleet_events(
     control: Arc<Control>,
-    mut events: mpsc::UnboundedReceiver<Event>,
+    mut events: mpsc::UnboundedReceiver<(Event, Reply)>,
     stop: CancellationToken,
 ) {
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             e = events.recv() => match e {
-                Some(e) => control.on_store_event(&e),
+                Some((e, reply)) => {
+                    let _ = reply.send(control.on_store_event(&e));
+                }
                 None => return,
             },
         }

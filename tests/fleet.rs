@@ -244,14 +244,7 @@ fn a_flip_on_one_node_closes_an_idle_session_on_another_within_a_second() {
     assert_eq!(flips.len(), 1, "{flips:?}");
     assert_eq!(flips[0]["new"], "migrated");
     // The fleet view: every node's heartbeat, within the period.
-    wait_until(
-        "three nodes in the fleet view",
-        Duration::from_secs(8),
-        || {
-            let (code, body) = f.api(1).get("/api/queue?fleet=1");
-            code == 200 && body["nodes"].as_array().is_some_and(|n| n.len() == 3)
-        },
-    );
+    wait_nodes(&f.api(1), 3);
     let out = ctl(&f.world, f.node(0), &["queue", "--fleet"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
@@ -280,6 +273,71 @@ fn a_flip_on_one_node_closes_an_idle_session_on_another_within_a_second() {
         .filter(|e| e["what"] == format!("sessions of mailbox {}", ALICE.address))
         .collect();
     assert_eq!(kicks.len(), 1, "{kicks:?}");
+}
+
+/// Waits until `api`'s fleet view lists `n` nodes.
+fn wait_nodes(api: &Api, n: usize) {
+    wait_until(
+        "the nodes in the fleet view",
+        Duration::from_secs(8),
+        || {
+            let (code, body) = api.get("/api/queue?fleet=1");
+            code == 200 && body["nodes"].as_array().is_some_and(|l| l.len() == n)
+        },
+    );
+}
+
+#[test]
+fn a_change_answers_with_every_nodes_closed_sessions_and_names_a_silent_node() {
+    // Nodes A and B in this process, node Z a `ponte serve` process that
+    // is then paused (alive to PostgreSQL, answering nothing).
+    let f = Fleet::start(2);
+    let mut z = Killable::start(&f.world, &f.pg.url(), "node-z");
+    wait_nodes(&f.api(0), 3);
+    let (alice, bob) = (ALICE.legacy_password.unwrap(), BOB.new_password.unwrap());
+    // Alice on A and on B: a flip on A closes one here and one on B.
+    let mut on_a = idling(f.node(0), ALICE.address, alice);
+    let mut on_b = idling(f.node(1), ALICE.address, alice);
+    let (code, body) = set_mailbox(&f.api(0), ALICE.address, "blackout");
+    assert_eq!(code, 200, "{body}");
+    println!("flip answer: {body}");
+    assert_eq!(body["kicked"], 2, "{body}");
+    assert_eq!(
+        body["fleet"],
+        json!({ "here": 1, "nodes": { "node-b": 1, "node-z": 0 }, "silent": [] }),
+        "{body}"
+    );
+    for c in [&mut on_a, &mut on_b] {
+        wait_bye(c, Instant::now(), WITHIN);
+    }
+    // A kick through `ponte ctl` says the same in words.
+    let mut on_b = idling(f.node(1), BOB.address, bob);
+    let out = ctl(&f.world, f.node(0), &["kick", "--mailbox", BOB.address]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert_eq!(
+        text.trim_end(),
+        "1 session closed: 0 on this node, 1 on node-b, 0 on node-z"
+    );
+    wait_bye(&mut on_b, Instant::now(), WITHIN);
+    // Node Z paused: its heartbeat is recent, so it is expected, and the
+    // answer names it rather than counting it as none.
+    let mut on_b = idling(f.node(1), BOB.address, bob);
+    let pid = z.child.id().to_string();
+    let stop = Command::new("kill").args(["-STOP", &pid]).status();
+    assert!(stop.is_ok_and(|s| s.success()), "SIGSTOP node-z");
+    let (code, body) = set_mailbox(&f.api(0), BOB.address, "blackout");
+    let _ = Command::new("kill").args(["-CONT", &pid]).status();
+    assert_eq!(code, 200, "{body}");
+    println!("flip answer with node-z paused: {body}");
+    assert_eq!(body["kicked"], 1, "{body}");
+    assert_eq!(
+        body["fleet"],
+        json!({ "here": 0, "nodes": { "node-b": 1 }, "silent": ["node-z"] }),
+        "{body}"
+    );
+    wait_bye(&mut on_b, Instant::now(), WITHIN);
+    z.kill();
 }
 
 #[test]

@@ -106,12 +106,11 @@ pub async fn set_domain(
     let state = state_arg(&body.state)?;
     let domain = name.clone();
     let flip = blocking(&s, move |c| c.set_domain(&domain, state, &who.0)).await?;
-    Ok(Json(json!({
+    Ok(Json(flip.kicked.to_json(json!({
         "domain": name.to_ascii_lowercase(),
         "old": flip.old,
         "new": flip.new,
-        "kicked": flip.kicked,
-    })))
+    }))))
 }
 
 #[derive(Deserialize)]
@@ -207,12 +206,11 @@ pub async fn set_mailbox(
     let state = state_arg(&body.state)?;
     let a = address.clone();
     let flip = blocking(&s, move |c| c.set_mailbox(&a, state, body.backend, &who.0)).await?;
-    Ok(Json(json!({
+    Ok(Json(flip.kicked.to_json(json!({
         "address": address.to_lowercase(),
         "old": flip.old,
         "new": flip.new,
-        "kicked": flip.kicked,
-    })))
+    }))))
 }
 
 pub async fn remove_mailbox(
@@ -222,18 +220,18 @@ pub async fn remove_mailbox(
 ) -> Api {
     let a = address.clone();
     let (removed, kicked) = blocking(&s, move |c| c.remove_mailbox(&a, &who.0)).await?;
-    Ok(Json(
-        json!({ "address": address.to_lowercase(), "removed": removed, "kicked": kicked }),
-    ))
+    Ok(Json(kicked.to_json(
+        json!({ "address": address.to_lowercase(), "removed": removed }),
+    )))
 }
 
 pub async fn import(State(s): St, Extension(who): Extension<Who>, body: String) -> Api {
     // Parsing and the store write are blocking work: keep them off the
     // runtime's worker threads that serve mail sessions.
     let done = blocking(&s, move |c| c.import(&body, &who.0)).await?;
-    Ok(Json(
-        json!({ "rows": done.rows, "changed": done.changed, "kicked": done.kicked }),
-    ))
+    Ok(Json(done.kicked.to_json(
+        json!({ "rows": done.rows, "changed": done.changed }),
+    )))
 }
 
 fn schedule_json(s: &Schedule) -> Value {
@@ -348,7 +346,7 @@ pub async fn kick(State(s): St, Extension(who): Extension<Who>, Json(body): Json
         .reason
         .unwrap_or_else(|| "Closed by the administrator; please reconnect.".into());
     let kicked = blocking(&s, move |c| c.kick(&selector, &reason, &who.0)).await?;
-    Ok(Json(json!({ "kicked": kicked })))
+    Ok(Json(kicked.to_json(json!({}))))
 }
 
 #[derive(Deserialize)]

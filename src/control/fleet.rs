@@ -21,8 +21,9 @@ pub const HEARTBEAT: Duration = Duration::from_secs(5);
 impl Control {
     /// Applies another node's change to this node's sessions: those whose
     /// route it changed are closed (the same BYE a local flip gives), and
-    /// the delivery worker looks at the spool again.
-    pub fn on_store_event(&self, event: &Event) {
+    /// the delivery worker looks at the spool again. Returns how many
+    /// sessions it closed (the writing node reports the fleet's total).
+    pub fn on_store_event(&self, event: &Event) -> usize {
         let kicked = match event {
             Event::Domain(d) => self.reroute(|e| e.domain == *d),
             Event::Mailbox(a) => self.reroute(|e| e.address == *a),
@@ -41,6 +42,7 @@ impl Control {
             Event::Kick { selector, reason } => self.kick_here(selector, reason),
         };
         info!(?event, kicked, "state changed on another node");
+        kicked
     }
 }
 

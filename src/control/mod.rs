@@ -10,6 +10,7 @@ pub mod scheduler;
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
@@ -18,11 +19,16 @@ use tracing::info;
 
 use crate::error::StoreError;
 use crate::registry::Entry;
+use crate::route::fleet::Confirmed;
+use crate::route::store::Applied;
 use crate::route::{self, Change, MailboxState, Schedule, Subject, Target};
 use crate::server::Ctx;
 
 /// Longest kick reason kept (characters).
 const MAX_REASON: usize = 500;
+/// How long a change made here waits for the other nodes of a fleet to
+/// say how many sessions they closed (on loopback they answer in ~20 ms).
+const CONFIRM_WITHIN: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
@@ -50,13 +56,13 @@ pub enum ControlError {
     Task(String),
 }
 
-/// The result of a state change: old → new and how many sessions were
-/// closed because their route changed.
+/// The result of a state change: old → new and the sessions closed
+/// because their route changed.
 #[derive(Debug, Clone)]
 pub struct Flip {
     pub old: Option<MailboxState>,
     pub new: MailboxState,
-    pub kicked: usize,
+    pub kicked: Closed,
 }
 
 /// The result of a bulk import.
@@ -64,7 +70,66 @@ pub struct Flip {
 pub struct Imported {
     pub rows: usize,
     pub changed: usize,
-    pub kicked: usize,
+    pub kicked: Closed,
+}
+
+/// The sessions a change closed: this node's and, in a fleet, those of
+/// the other nodes that said so within [`CONFIRM_WITHIN`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Closed {
+    pub here: usize,
+    /// `None` outside a fleet (and for schedules: nobody waits for them).
+    pub fleet: Option<Confirmed>,
+}
+
+impl Closed {
+    pub fn here(here: usize) -> Closed {
+        Closed { here, fleet: None }
+    }
+
+    /// Here and on the nodes that answered.
+    pub fn total(&self) -> usize {
+        self.here + self.fleet.as_ref().map_or(0, Confirmed::kicked)
+    }
+
+    /// How the admin API says it: `kicked` (the total) and, in a fleet,
+    /// `fleet` with this node's count, each other node's and the live
+    /// nodes that did not answer.
+    pub fn to_json(&self, mut answer: serde_json::Value) -> serde_json::Value {
+        answer["kicked"] = self.total().into();
+        if let Some(f) = &self.fleet {
+            answer["fleet"] = serde_json::json!({
+                "here": self.here,
+                "nodes": f.nodes,
+                "silent": f.silent,
+            });
+        }
+        answer
+    }
+}
+
+/// `3 sessions closed: 1 on this node, 2 on b, 0 on c; no answer … from d`.
+impl std::fmt::Display for Closed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.total();
+        write!(f, "{n} session{} closed", if n == 1 { "" } else { "s" })?;
+        let Some(fleet) = &self.fleet else {
+            return Ok(());
+        };
+        write!(f, ": {} on this node", self.here)?;
+        for (node, k) in &fleet.nodes {
+            write!(f, ", {k} on {node}")?;
+        }
+        if !fleet.silent.is_empty() {
+            write!(
+                f,
+                "; no answer within {} s from {} (cut off from PostgreSQL, or slow)",
+                CONFIRM_WITHIN.as_secs(),
+                fleet.silent.join(", "),
+            )?;
+        }
+        Ok(())
+    }
 }
 
 pub use crate::route::fleet::Selector;
@@ -158,8 +223,9 @@ impl Control {
             Some(old) => old,
             None => self.configured_state(&d).unwrap_or(state),
         };
-        let kicked = self.reroute(|e| e.domain == d);
-        info!(domain = %d, %old, new = %state, %who, kicked, "domain state changed");
+        let here = self.reroute(|e| e.domain == d);
+        let kicked = self.confirmed(here, &applied);
+        info!(domain = %d, %old, new = %state, %who, kicked = kicked.total(), "domain state changed");
         metrics::counter!("ponte_state_flips_total", "kind" => "domain").increment(1);
         Ok(Flip {
             old: Some(old),
@@ -183,9 +249,11 @@ impl Control {
             }
         }
         let change = Change::Mailboxes(vec![(a.clone(), state, backend)]);
-        let old = self.ctx().router.store().apply(&change, who)?.replaced;
-        let kicked = self.reroute(|e| e.address == a);
-        info!(mailbox = %a, old = ?old, new = %state, %who, kicked, "mailbox state changed");
+        let applied = self.ctx().router.store().apply(&change, who)?;
+        let old = applied.replaced;
+        let here = self.reroute(|e| e.address == a);
+        let kicked = self.confirmed(here, &applied);
+        info!(mailbox = %a, old = ?old, new = %state, %who, kicked = kicked.total(), "mailbox state changed");
         metrics::counter!("ponte_state_flips_total", "kind" => "mailbox").increment(1);
         Ok(Flip {
             old,
@@ -228,12 +296,12 @@ impl Control {
     }
 
     /// Drops a mailbox's override: it follows its domain again.
-    pub fn remove_mailbox(&self, address: &str, who: &str) -> Result<(bool, usize), ControlError> {
+    pub fn remove_mailbox(&self, address: &str, who: &str) -> Result<(bool, Closed), ControlError> {
         let a = self.managed_address(address)?;
         let change = Change::RemoveMailbox { address: a.clone() };
         let applied = self.ctx().router.store().apply(&change, who)?;
-        let kicked = self.reroute(|e| e.address == a);
-        Ok((!applied.audit.is_empty(), kicked))
+        let here = self.reroute(|e| e.address == a);
+        Ok((!applied.audit.is_empty(), self.confirmed(here, &applied)))
     }
 
     /// Imports a CSV mailbox list: every row checked first, all or nothing.
@@ -256,8 +324,9 @@ impl Control {
             .iter()
             .filter_map(|a| a.what.strip_prefix("mailbox ").map(str::to_string))
             .collect();
-        let kicked = self.reroute(|e| changed.contains(&e.address));
-        info!(rows = n, changed = changed.len(), %who, kicked, "mailbox list imported");
+        let here = self.reroute(|e| changed.contains(&e.address));
+        let kicked = self.confirmed(here, &applied);
+        info!(rows = n, changed = changed.len(), %who, kicked = kicked.total(), "mailbox list imported");
         Ok(Imported {
             rows: n,
             changed: changed.len(),
@@ -338,7 +407,7 @@ impl Control {
         Ok(Some(Flip {
             old,
             new: s.state,
-            kicked,
+            kicked: Closed::here(kicked),
         }))
     }
 
@@ -353,13 +422,13 @@ impl Control {
 
     /// Closes sessions on request, with `reason` shown to the user. In a
     /// fleet, the other nodes close theirs when the audit entry's
-    /// notification reaches them; the count is this node's.
+    /// notification reaches them (a session id names this node's only).
     pub fn kick(
         &self,
         selector: &Selector,
         reason: &str,
         who: &str,
-    ) -> Result<usize, ControlError> {
+    ) -> Result<Closed, ControlError> {
         // Normalized as sessions are registered, and bounded: the
         // selector travels in a NOTIFY payload too.
         let selector = match selector {
@@ -390,7 +459,8 @@ impl Control {
             reason,
             closed,
         };
-        self.ctx()
+        let applied = self
+            .ctx()
             .router
             .store()
             .apply(&change, who)
@@ -398,7 +468,23 @@ impl Control {
                 action: "kick",
                 source,
             })?;
-        Ok(closed)
+        Ok(self.confirmed(closed, &applied))
+    }
+
+    /// `here` and, for a change the store announced to a fleet, what the
+    /// other nodes say they closed (waiting up to [`CONFIRM_WITHIN`]).
+    fn confirmed(&self, here: usize, applied: &Applied) -> Closed {
+        let store = self.ctx().router.store().clone();
+        let fleet = match applied.announced {
+            Some(a) => store.confirmations(a, CONFIRM_WITHIN),
+            // A fleet change that told nobody (nothing changed).
+            None if store.status().kind != "embedded" => Some(Confirmed::default()),
+            None => None,
+        };
+        Closed {
+            here: here + fleet.as_ref().map_or(0, |f| f.also_here),
+            fleet,
+        }
     }
 
     /// Closes this node's sessions that `selector` names.
@@ -459,5 +545,41 @@ impl Control {
             }
         }
         kicked
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn closed_sessions_as_the_api_says_them() {
+        let alone = Closed::here(2);
+        assert_eq!(
+            alone.to_json(serde_json::json!({ "new": "migrated" })),
+            serde_json::json!({ "new": "migrated", "kicked": 2 })
+        );
+        assert_eq!(alone.to_string(), "2 sessions closed");
+        let fleet = Closed {
+            here: 1,
+            fleet: Some(Confirmed {
+                nodes: [("b".to_string(), 3), ("c".to_string(), 0)].into(),
+                silent: vec!["d".into()],
+                also_here: 0,
+            }),
+        };
+        assert_eq!(fleet.total(), 4);
+        assert_eq!(
+            fleet.to_json(serde_json::json!({})),
+            serde_json::json!({
+                "kicked": 4,
+                "fleet": { "here": 1, "nodes": { "b": 3, "c": 0 }, "silent": ["d"] }
+            })
+        );
+        assert_eq!(
+            fleet.to_string(),
+            "4 sessions closed: 1 on this node, 3 on b, 0 on c; \
+             no answer within 1 s from d (cut off from PostgreSQL, or slow)"
+        );
     }
 }

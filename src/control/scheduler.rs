@@ -73,7 +73,7 @@ fn apply_one(control: &Control, s: &Schedule) -> Result<bool, ControlError> {
     let who = format!("schedule {} by {}", s.id, s.by);
     match control.run_schedule(s, &who) {
         Ok(Some(flip)) => {
-            info!(schedule = s.id, subject = %s.subject, state = %s.state, late_secs = now_unix() - s.at, kicked = flip.kicked, "scheduled transition applied")
+            info!(schedule = s.id, subject = %s.subject, state = %s.state, late_secs = now_unix() - s.at, kicked = flip.kicked.here, "scheduled transition applied")
         }
         Ok(None) => {
             info!(schedule = s.id, subject = %s.subject, "scheduled transition not claimed here (another node, or not due by the store's clock)");

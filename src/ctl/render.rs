@@ -27,7 +27,7 @@ pub fn render(view: View, body: &str) -> Result<String, Failure> {
         View::ScheduleAdd => parse(body).map(|s: Schedule| schedule_added(&s)),
         View::ScheduleRm(id) => parse(body).map(|r: Removed| schedule_rm(id, &r)),
         View::Sessions => parse(body).map(|l: SessionList| sessions(&l)),
-        View::Kick => parse(body).map(|k: Kicked| closed(k.kicked)),
+        View::Kick => parse(body).map(|k: Kicked| closed(&k)),
         View::Audit => parse(body).map(|a: Audit| audit(&a)),
         View::Queue(v) => super::queue::render(v, body),
     }
@@ -67,10 +67,18 @@ pub(super) fn or_dash(s: &Option<String>) -> String {
     s.clone().unwrap_or_else(|| "-".into())
 }
 
-/// `1 session closed`, `3 sessions closed`.
-fn closed(n: u64) -> String {
-    let s = if n == 1 { "" } else { "s" };
-    format!("{n} session{s} closed\n")
+/// `1 session closed`, `3 sessions closed`, in a fleet with each node's
+/// count (the same words as the dashboard's).
+fn closed(k: &Kicked) -> String {
+    let closed = crate::control::Closed {
+        here: k.fleet.as_ref().map_or(k.kicked, |f| f.here),
+        fleet: k.fleet.as_ref().map(|f| crate::route::fleet::Confirmed {
+            nodes: f.nodes.clone(),
+            silent: f.silent.clone(),
+            also_here: 0,
+        }),
+    };
+    format!("{closed}\n")
 }
 
 #[derive(Deserialize)]
@@ -184,11 +192,12 @@ struct DomainChange {
     #[serde(default)]
     old: Option<String>,
     new: String,
-    kicked: u64,
+    #[serde(flatten)]
+    kicked: Kicked,
 }
 
 fn domain_set(c: &DomainChange) -> String {
-    let kicked = closed(c.kicked);
+    let kicked = closed(&c.kicked);
     let old = or_dash(&c.old);
     format!("{}: {old} -> {} ({})\n", c.domain, c.new, kicked.trim_end())
 }
@@ -199,12 +208,13 @@ struct MailboxChange {
     #[serde(default)]
     old: Option<String>,
     new: String,
-    kicked: u64,
+    #[serde(flatten)]
+    kicked: Kicked,
 }
 
 fn mailbox_set(c: &MailboxChange) -> String {
     let old = c.old.as_deref().unwrap_or("(domain)");
-    let kicked = closed(c.kicked);
+    let kicked = closed(&c.kicked);
     format!(
         "{}: {old} -> {} ({})\n",
         c.address,
@@ -241,8 +251,8 @@ fn mailbox_show(m: &MailboxView) -> String {
 struct MailboxRemoved {
     address: String,
     removed: bool,
-    #[serde(default)]
-    kicked: u64,
+    #[serde(flatten)]
+    kicked: Kicked,
 }
 
 #[derive(Deserialize)]
@@ -262,7 +272,7 @@ fn mailbox_rm(r: &MailboxRemoved) -> String {
     if !r.removed {
         return format!("{}: no override to remove\n", r.address);
     }
-    let kicked = closed(r.kicked);
+    let kicked = closed(&r.kicked);
     format!("{}: override removed ({})\n", r.address, kicked.trim_end())
 }
 
@@ -301,11 +311,12 @@ fn mailbox_list(l: &MailboxList) -> String {
 struct Imported {
     rows: u64,
     changed: u64,
-    kicked: u64,
+    #[serde(flatten)]
+    kicked: Kicked,
 }
 
 fn imported(i: &Imported) -> String {
-    let kicked = closed(i.kicked);
+    let kicked = closed(&i.kicked);
     let s = if i.rows == 1 { "" } else { "s" };
     format!("{} row{s}, {} changed, {kicked}", i.rows, i.changed)
 }
@@ -398,9 +409,22 @@ fn sessions(l: &SessionList) -> String {
     t.render()
 }
 
+/// `kicked` and, from a fleet node, `fleet`: in every change's answer.
 #[derive(Deserialize)]
 struct Kicked {
-    kicked: u64,
+    #[serde(default)]
+    kicked: usize,
+    #[serde(default)]
+    fleet: Option<FleetKicked>,
+}
+
+#[derive(Deserialize)]
+struct FleetKicked {
+    here: usize,
+    #[serde(default)]
+    nodes: BTreeMap<String, usize>,
+    #[serde(default)]
+    silent: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -473,6 +497,27 @@ mod tests {
         let embedded =
             r#"{"sessions":0,"schedules":0,"domains":[],"store":{"kind":"embedded","up":true}}"#;
         assert!(text(View::Status, embedded).ends_with("schedules 0\n"));
+    }
+
+    #[test]
+    fn a_fleet_answer_counts_each_node() {
+        let d = r#"{"domain":"pec.example","old":"legacy","new":"migrated","kicked":5,
+            "fleet":{"here":1,"nodes":{"mx2":4,"mx3":0},"silent":[]}}"#;
+        assert_eq!(
+            text(View::DomainSet, d),
+            "pec.example: legacy -> migrated (5 sessions closed: 1 on this node, 4 on mx2, 0 on mx3)\n"
+        );
+        let k = r#"{"kicked":1,"fleet":{"here":0,"nodes":{"mx2":1},"silent":["mx3","mx4"]}}"#;
+        assert_eq!(
+            text(View::Kick, k),
+            "1 session closed: 0 on this node, 1 on mx2; no answer within 1 s from mx3, mx4 \
+             (cut off from PostgreSQL, or slow)\n"
+        );
+        let i = r#"{"rows":2,"changed":2,"kicked":0,"fleet":{"here":0,"nodes":{},"silent":[]}}"#;
+        assert_eq!(
+            text(View::Import, i),
+            "2 rows, 2 changed, 0 sessions closed: 0 on this node\n"
+        );
     }
 
     #[test]

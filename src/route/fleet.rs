@@ -3,6 +3,7 @@
 //! LISTEN/NOTIFY), the store's health as the admin API shows it, and each
 //! node's published figures (sessions, spool) for the fleet-wide view.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -10,6 +11,9 @@ use serde_json::Value;
 
 /// The NOTIFY channel every node listens on.
 pub const CHANNEL: &str = "ponte_state";
+/// The channel of the answers to a change ([`Ack`]): each node says how
+/// many of its sessions the change closed.
+pub const ACK_CHANNEL: &str = "ponte_ack";
 
 /// What changed in the shared state. Listeners reload just that; `All`
 /// (an import, a restore, a reconnect after missed changes) reloads
@@ -50,9 +54,12 @@ impl std::fmt::Display for Selector {
 }
 
 /// Called with each change another node made (after the local snapshot
-/// has it). Runs on the store's own thread: it must not wait on the
-/// store.
-pub type Hook = Arc<dyn Fn(&Event) + Send + Sync>;
+/// has it), and with a [`Reply`] for how many sessions that closed. Runs
+/// on the store's own thread: it must not wait, on the store or at all.
+pub type Hook = Arc<dyn Fn(&Event, Reply) + Send + Sync>;
+
+/// Where the hook's owner sends the number of sessions a change closed.
+pub type Reply = tokio::sync::oneshot::Sender<usize>;
 
 /// A NOTIFY payload: the node that made the change and what changed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,6 +71,10 @@ pub struct Payload {
     /// already), also if two nodes share a name.
     #[serde(default)]
     pub instance: String,
+    /// The change's number at the writing instance (0: no answer wanted):
+    /// every other node answers each payload with an [`Ack`].
+    #[serde(default)]
+    pub change: u64,
     pub event: Event,
 }
 
@@ -76,6 +87,61 @@ impl Payload {
         serde_json::from_str(text).ok()
     }
 }
+
+/// A node's answer to one payload of another node's change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ack {
+    /// The writing instance, which collects the answers.
+    pub to: String,
+    pub change: u64,
+    /// The answering node's name.
+    pub node: String,
+    /// Sessions it closed.
+    pub kicked: usize,
+}
+
+impl Ack {
+    pub fn encode(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    pub fn decode(text: &str) -> Option<Ack> {
+        serde_json::from_str(text).ok()
+    }
+}
+
+/// A change this node wrote and announced to the others: its number and
+/// how many payloads each node answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Announced {
+    pub change: u64,
+    pub events: usize,
+}
+
+/// How the other nodes of a fleet answered one change.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Confirmed {
+    /// Sessions this node's own listener closed when the change's
+    /// notification came back to it before the writer re-routed.
+    #[serde(skip)]
+    pub also_here: usize,
+    /// Each node that answered every payload, with the sessions it closed.
+    pub nodes: BTreeMap<String, usize>,
+    /// Live nodes (a heartbeat in the last [`LIVE`] seconds) that did not
+    /// answer in time: cut off from PostgreSQL, or slow.
+    pub silent: Vec<String>,
+}
+
+impl Confirmed {
+    /// Sessions the other nodes closed.
+    pub fn kicked(&self) -> usize {
+        self.nodes.values().sum()
+    }
+}
+
+/// A node whose last heartbeat is at most this old (seconds) is expected
+/// to answer a change (three heartbeats).
+pub const LIVE: i64 = 15;
 
 /// The state store as `/api/status` shows it.
 #[derive(Debug, Clone, Serialize)]
@@ -143,10 +209,21 @@ mod tests {
             let p = Payload {
                 node: "n1".into(),
                 instance: "1-2".into(),
+                change: 7,
                 event,
             };
             assert_eq!(Payload::decode(&p.encode()), Some(p));
         }
         assert_eq!(Payload::decode("garbage"), None);
+        let a = Ack {
+            to: "1-2".into(),
+            change: 7,
+            node: "n2".into(),
+            kicked: 3,
+        };
+        assert_eq!(Ack::decode(&a.encode()), Some(a));
+        // A node of the previous version sends no change number.
+        let old = r#"{"node":"n1","instance":"1-2","event":{"kind":"all"}}"#;
+        assert_eq!(Payload::decode(old).map(|p| p.change), Some(0));
     }
 }

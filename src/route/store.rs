@@ -169,6 +169,9 @@ pub struct Applied {
     pub replaced: Option<MailboxState>,
     /// For `ClaimSchedule`: the schedule was there and this call did it.
     pub claimed: bool,
+    /// A fleet store told the other nodes: what to wait for their answers
+    /// by ([`StateStore::confirmations`]).
+    pub announced: Option<super::fleet::Announced>,
 }
 
 /// Everything a store holds, for `ponte ctl migrate-store`.
@@ -222,6 +225,16 @@ pub trait StateStore: Send + Sync {
     /// Publishes this node's figures for the fleet view (fleet stores
     /// only; never waits on the network).
     fn publish_node(&self, _report: super::fleet::NodeReport) {}
+    /// Waits up to `within` for the other live nodes' answers to a change
+    /// this node announced (the sessions each closed); `None` outside a
+    /// fleet, or if the store cannot say.
+    fn confirmations(
+        &self,
+        _announced: super::fleet::Announced,
+        _within: std::time::Duration,
+    ) -> Option<super::fleet::Confirmed> {
+        None
+    }
     /// Every node's last published figures; `None` outside a fleet.
     fn fleet(&self) -> Result<Option<Vec<super::fleet::NodeReport>>, StoreError> {
         Ok(None)

@@ -297,7 +297,7 @@ impl Action {
                     "Domain {domain}: {} → {}; {}",
                     f.old.map_or("—".into(), |o| o.to_string()),
                     f.new,
-                    closed(&control.ctx(), f.kicked, true)
+                    closed(&f.kicked)
                 ))
             }
             Action::Mailbox {
@@ -313,7 +313,7 @@ impl Action {
                     "Mailbox {address}: {} → {}; {}",
                     f.old.map_or("domain's state".into(), |o| o.to_string()),
                     f.new,
-                    closed(&control.ctx(), f.kicked, true)
+                    closed(&f.kicked)
                 ))
             }
             Action::Schedule { subject, state, at } => {
@@ -340,13 +340,12 @@ impl Action {
             }
             Action::Kick(sel) => {
                 let w = who.to_string();
-                let fleetwide = !matches!(sel, Selector::Id(_));
                 let n = control
                     .blocking(move |c| {
                         c.kick(&sel, "Closed by the administrator; please reconnect.", &w)
                     })
                     .await?;
-                Ok(closed(&control.ctx(), n, fleetwide))
+                Ok(closed(&n))
             }
             Action::Hold { id, held } => {
                 let changed = control.queue_hold(id, held, who).await?;
@@ -390,20 +389,16 @@ pub(super) fn sessions_moved(
 /// other nodes close theirs as the change reaches them.
 pub(super) fn fleet_note(ctx: &crate::server::Ctx) -> &'static str {
     if ctx.config.state.url.is_some() {
-        " (Sessions on this node; every other node of the fleet closes its own.)"
+        " (Sessions on this node; every other node of the fleet closes its own, and the outcome counts them all.)"
     } else {
         ""
     }
 }
 
-/// "N session(s) closed." — in a fleet, for a change every node applies,
-/// said to be this node's count.
-pub(super) fn closed(ctx: &crate::server::Ctx, n: usize, fleetwide: bool) -> String {
-    if fleetwide && ctx.config.state.url.is_some() {
-        format!("{n} session(s) closed on this node; the other nodes close their own.")
-    } else {
-        format!("{n} session(s) closed.")
-    }
+/// "N sessions closed." — in a fleet, the nodes' answers too (see
+/// [`crate::control::Closed`]).
+pub(super) fn closed(k: &crate::control::Closed) -> String {
+    format!("{k}.")
 }
 
 /// A managed domain's configuration in this generation (a reload may

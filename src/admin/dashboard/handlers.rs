@@ -323,7 +323,7 @@ async fn import_now(
     let name = who.name.clone();
     let done = s.control.blocking(move |c| c.import(&csv, &name)).await?;
     Ok(format!(
-        "Imported {} row(s): {} mailbox(es) changed, {} session(s) closed.",
+        "Imported {} row(s): {} mailbox(es) changed, {}.",
         done.rows, done.changed, done.kicked
     ))
 }

@@ -105,7 +105,7 @@ pub async fn follow(s: &AdminState, address: String, who: &str) -> Result<String
         "Mailbox {address}: {what}: now {} (route {}); {}",
         now.state,
         now.target.label(),
-        closed(&ctx, kicked, true)
+        closed(&kicked)
     ))
 }
 

@@ -149,7 +149,7 @@ pub fn unschedule(s: &AdminState, id: u64) -> Review {
 }
 
 /// Closing the sessions `sel` names (this node's count; in a fleet the
-/// other nodes close theirs).
+/// other nodes close theirs and say how many when it is done).
 pub fn kick(s: &AdminState, sel: &Selector) -> (String, String) {
     let ctx = s.control.ctx();
     let open = ctx.registry.list();

@@ -21,16 +21,16 @@ mod write;
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::config::SslMode;
 use tokio_postgres::NoTls;
 use tokio_util::sync::CancellationToken;
 
-use super::fleet::{Event, Hook, NodeReport, StoreStatus};
+use super::fleet::{Ack, Announced, Confirmed, Event, Hook, NodeReport, StoreStatus};
 use super::store::{Applied, AuditEntry, Change, DomainRecord, Dump, MailboxRecord, Schedule};
 use super::{rfc3339, StateStore};
 use crate::error::StoreError;
@@ -42,6 +42,11 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(15);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Pooled connections per node: writes are rare, reads come from memory.
 const POOL_SIZE: usize = 4;
+/// Answers to a change nobody waited for are dropped after this.
+const PENDING_KEPT: Duration = Duration::from_secs(60);
+/// How long the listener waits for the control plane to apply a change
+/// to this node's sessions before answering without a count.
+const APPLIED_WITHIN: Duration = Duration::from_secs(2);
 
 /// The routing state in memory.
 #[derive(Debug, Default, Clone)]
@@ -75,7 +80,24 @@ pub(crate) struct Inner {
     /// rather than queued (while PostgreSQL hangs they would pile up on
     /// the pool that flips need).
     publishing: AtomicBool,
+    /// This instance's changes are numbered, so the others can answer
+    /// each ([`Ack`]).
+    changes: AtomicU64,
+    /// Answers collected per change until its writer has read them.
+    pending: Mutex<HashMap<u64, Pending>>,
+    /// Woken with each answer.
+    answered: tokio::sync::Notify,
     stop: CancellationToken,
+}
+
+/// The answers to one change so far.
+struct Pending {
+    since: Instant,
+    /// Per node: payloads answered and sessions closed.
+    by: BTreeMap<String, (usize, usize)>,
+    /// The same for this node's own listener, which gets the change's
+    /// notifications too and may close sessions before the writer does.
+    own: (usize, usize),
 }
 
 /// PostgreSQL as the state store of a fleet.
@@ -144,6 +166,9 @@ impl PgStore {
             last_error: Mutex::new(None),
             hook: RwLock::new(None),
             publishing: AtomicBool::new(false),
+            changes: AtomicU64::new(0),
+            pending: Mutex::new(HashMap::new()),
+            answered: tokio::sync::Notify::new(),
             stop: CancellationToken::new(),
         });
         let store = PgStore {
@@ -312,11 +337,112 @@ impl Inner {
         metrics::gauge!("ponte_state_store_last_sync_timestamp_seconds").set(now as f64);
     }
 
-    fn fire(&self, event: &Event) {
+    /// Calls the hook; the sessions it closed (`None`: not said in time).
+    async fn fire(&self, event: &Event) -> Option<usize> {
         let hook = self.hook.read().ok().and_then(|h| h.clone());
-        if let Some(hook) = hook {
-            hook(event);
+        let Some(hook) = hook else {
+            return Some(0);
+        };
+        let (reply, closed) = tokio::sync::oneshot::channel();
+        hook(event, reply);
+        tokio::time::timeout(APPLIED_WITHIN, closed)
+            .await
+            .ok()?
+            .ok()
+    }
+
+    /// Numbers a change about to be written and starts collecting its
+    /// answers (before the commit: they may come before the writer asks).
+    fn next_change(&self) -> u64 {
+        let change = self.changes.fetch_add(1, Ordering::Relaxed) + 1;
+        if let Ok(mut p) = self.pending.lock() {
+            // Changes nobody waited for (a schedule's, a failed write's).
+            p.retain(|_, v| v.since.elapsed() < PENDING_KEPT);
+            p.insert(
+                change,
+                Pending {
+                    since: Instant::now(),
+                    by: BTreeMap::new(),
+                    own: (0, 0),
+                },
+            );
         }
+        change
+    }
+
+    /// Records another node's answer to one of this instance's changes.
+    fn record(&self, ack: Ack) {
+        if ack.to != self.instance {
+            return;
+        }
+        self.count(ack.change, Some(ack.node), ack.kicked);
+    }
+
+    /// Records what this node's listener closed for its own change.
+    fn record_own(&self, change: u64, kicked: usize) {
+        self.count(change, None, kicked);
+    }
+
+    fn count(&self, change: u64, node: Option<String>, kicked: usize) {
+        if let Ok(mut p) = self.pending.lock() {
+            if let Some(pending) = p.get_mut(&change) {
+                let e = match node {
+                    Some(n) => pending.by.entry(n).or_default(),
+                    None => &mut pending.own,
+                };
+                e.0 += 1;
+                e.1 += kicked;
+            }
+        }
+        self.answered.notify_waiters();
+    }
+
+    /// Waits until every live node, and this node's own listener,
+    /// answered every payload of `a`, or `within` passed; what came by
+    /// then.
+    async fn confirmations(&self, a: Announced, within: Duration) -> Confirmed {
+        let deadline = tokio::time::Instant::now() + within;
+        // The nodes expected to answer; if they cannot be read, whoever
+        // answers within the bound.
+        let live = schema::live_nodes(self).await.unwrap_or_default();
+        let expected: Vec<String> = live.into_iter().filter(|n| *n != self.node).collect();
+        loop {
+            let woken = self.answered.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            let done = self.pending.lock().map_or(true, |p| {
+                p.get(&a.change).is_none_or(|pending| {
+                    pending.own.0 >= a.events
+                        && expected
+                            .iter()
+                            .all(|n| pending.by.get(n).is_some_and(|e| e.0 >= a.events))
+                })
+            });
+            if done || tokio::time::timeout_at(deadline, woken).await.is_err() {
+                break;
+            }
+        }
+        let (by, own) = self
+            .pending
+            .lock()
+            .ok()
+            .and_then(|mut p| p.remove(&a.change))
+            .map(|p| (p.by, p.own))
+            .unwrap_or_default();
+        let mut confirmed = Confirmed {
+            also_here: own.1,
+            ..Confirmed::default()
+        };
+        for (node, (answers, kicked)) in by {
+            if answers >= a.events {
+                confirmed.nodes.insert(node, kicked);
+            }
+        }
+        confirmed.silent = expected
+            .into_iter()
+            .filter(|n| !confirmed.nodes.contains_key(n))
+            .collect();
+        confirmed
     }
 }
 
@@ -419,6 +545,12 @@ impl StateStore for PgStore {
             }
             inner.publishing.store(false, Ordering::Release);
         });
+    }
+
+    fn confirmations(&self, announced: Announced, within: Duration) -> Option<Confirmed> {
+        let inner = self.inner.clone();
+        self.call(async move { Ok(inner.confirmations(announced, within).await) })
+            .ok()
     }
 
     fn fleet(&self) -> Result<Option<Vec<NodeReport>>, StoreError> {

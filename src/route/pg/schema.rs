@@ -382,6 +382,20 @@ pub(super) async fn publish(inner: &Inner, r: &NodeReport) -> Result<(), StoreEr
 
 /// Every node's last published figures, by name. The heartbeat's time is
 /// given on this node's clock: its age by the database's.
+/// The names of the nodes that published figures in the last
+/// [`LIVE`](crate::route::fleet::LIVE) seconds (by PostgreSQL's clock).
+pub(super) async fn live_nodes(inner: &Inner) -> Result<Vec<String>, StoreError> {
+    let c = inner.client().await?;
+    let rows = c
+        .query(
+            "SELECT name FROM nodes WHERE extract(epoch FROM now())::bigint - heartbeat <= $1",
+            &[&crate::route::fleet::LIVE],
+        )
+        .await
+        .map_err(|e| inner.pg_error(e))?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
 pub(super) async fn nodes(inner: &Inner) -> Result<Vec<NodeReport>, StoreError> {
     let c = inner.client().await?;
     let rows = c

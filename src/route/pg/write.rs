@@ -8,7 +8,7 @@ use tokio_postgres::Transaction;
 use super::schema::WRITE_LOCK;
 use super::Inner;
 use crate::error::StoreError;
-use crate::route::fleet::{Event, Payload, Selector, CHANNEL};
+use crate::route::fleet::{Announced, Event, Payload, Selector, CHANNEL};
 use crate::route::store::{wording, Applied, AuditEntry, Change, Dump, Subject, CONFIG};
 use crate::route::MailboxState;
 
@@ -37,6 +37,7 @@ pub(super) async fn apply(
         now: crate::route::now_unix(),
         applied: Applied::default(),
         events: Vec::new(),
+        change: inner.next_change(),
     };
     match change {
         Change::ClaimSchedule { id, change } => w.claim(*id, change).await?,
@@ -44,7 +45,11 @@ pub(super) async fn apply(
     }
     w.write_audit().await?;
     let events = w.notify().await?;
-    let applied = w.applied;
+    let mut applied = w.applied;
+    applied.announced = (!events.is_empty()).then_some(Announced {
+        change: w.change,
+        events: events.len(),
+    });
     tx.commit().await.map_err(pe)?;
     for e in &events {
         // Committed: a failed refresh is caught up by our own NOTIFY.
@@ -126,7 +131,7 @@ pub(super) async fn restore(inner: &Inner, d: &Dump) -> Result<(), StoreError> {
     )
     .await
     .map_err(pe)?;
-    notify(&tx, inner, &Event::All).await?;
+    notify(&tx, inner, 0, &Event::All).await?;
     tx.commit().await.map_err(pe)?;
     inner.refresh_with(&c, &Event::All).await
 }
@@ -138,10 +143,18 @@ fn subject_columns(s: &Subject) -> (&'static str, &str) {
     }
 }
 
-async fn notify(tx: &Transaction<'_>, inner: &Inner, event: &Event) -> Result<(), StoreError> {
+/// Sends one NOTIFY (delivered at commit); `change`: this instance's
+/// number of the change, for the others' answers (0: none wanted).
+async fn notify(
+    tx: &Transaction<'_>,
+    inner: &Inner,
+    change: u64,
+    event: &Event,
+) -> Result<(), StoreError> {
     let payload = Payload {
         node: inner.node.clone(),
         instance: inner.instance.clone(),
+        change,
         event: event.clone(),
     }
     .encode();
@@ -225,6 +238,8 @@ struct Writer<'t> {
     now: i64,
     applied: Applied,
     events: Vec<Event>,
+    /// This change's number ([`Inner::next_change`]).
+    change: u64,
 }
 
 impl Writer<'_> {
@@ -266,7 +281,7 @@ impl Writer<'_> {
             self.events.push(Event::All);
         }
         for e in &self.events {
-            notify(self.tx, self.inner, e).await?;
+            notify(self.tx, self.inner, self.change, e).await?;
         }
         Ok(self.events.clone())
     }
