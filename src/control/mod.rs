@@ -89,7 +89,8 @@ impl Closed {
 
     /// Here and on the nodes that answered.
     pub fn total(&self) -> usize {
-        self.here + self.fleet.as_ref().map_or(0, Confirmed::kicked)
+        self.here
+            .saturating_add(self.fleet.as_ref().map_or(0, Confirmed::kicked))
     }
 
     /// How the admin API says it: `kicked` (the total) and, in a fleet,
@@ -482,7 +483,7 @@ impl Control {
             None => None,
         };
         Closed {
-            here: here + fleet.as_ref().map_or(0, |f| f.also_here),
+            here: here.saturating_add(fleet.as_ref().map_or(0, |f| f.also_here)),
             fleet,
         }
     }

@@ -135,7 +135,7 @@ pub struct Confirmed {
 impl Confirmed {
     /// Sessions the other nodes closed.
     pub fn kicked(&self) -> usize {
-        self.nodes.values().sum()
+        self.nodes.values().fold(0, |a, k| a.saturating_add(*k))
     }
 }
 

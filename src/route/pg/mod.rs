@@ -390,8 +390,9 @@ impl Inner {
                     Some(n) => pending.by.entry(n).or_default(),
                     None => &mut pending.own,
                 };
-                e.0 += 1;
-                e.1 += kicked;
+                // Saturating: any role that may NOTIFY can send an answer.
+                e.0 = e.0.saturating_add(1);
+                e.1 = e.1.saturating_add(kicked);
             }
         }
         self.answered.notify_waiters();
