@@ -28,7 +28,7 @@ use crate::server::Ctx;
 const MAX_REASON: usize = 500;
 /// How long a change made here waits for the other nodes of a fleet to
 /// say how many sessions they closed (on loopback they answer in ~20 ms).
-const CONFIRM_WITHIN: Duration = Duration::from_secs(1);
+pub const CONFIRM_WITHIN: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
