@@ -290,8 +290,9 @@ fn wait_nodes(api: &Api, n: usize) {
 #[test]
 fn a_change_answers_with_every_nodes_closed_sessions_and_names_a_silent_node() {
     // Nodes A and B in this process, node Z a `ponte serve` process that
-    // is then paused (alive to PostgreSQL, answering nothing).
-    let f = Fleet::start(2);
+    // is then paused (alive to PostgreSQL, answering nothing); at the end
+    // B stops cleanly and is no longer waited for.
+    let mut f = Fleet::start(2);
     let mut z = Killable::start(&f.world, &f.pg.url(), "node-z");
     wait_nodes(&f.api(0), 3);
     let (alice, bob) = (ALICE.legacy_password.unwrap(), BOB.new_password.unwrap());
@@ -337,6 +338,30 @@ fn a_change_answers_with_every_nodes_closed_sessions_and_names_a_silent_node() {
         "{body}"
     );
     wait_bye(&mut on_b, Instant::now(), WITHIN);
+    // Node B stopped cleanly: it says so, and is no longer waited for.
+    f.nodes[1].take().expect("node B").stop();
+    let (code, body) = set_mailbox(&f.api(0), BOB.address, "migrated");
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(
+        body["fleet"],
+        json!({ "here": 0, "nodes": { "node-z": 0 }, "silent": [] }),
+        "{body}"
+    );
+    let (_, view) = f.api(0).get("/api/queue?fleet=1");
+    let b = view["nodes"]
+        .as_array()
+        .and_then(|l| l.iter().find(|n| n["node"] == "node-b"))
+        .cloned()
+        .unwrap_or_default();
+    assert!(b["stopped"].is_string(), "{view}");
+    assert_eq!(b["sessions"]["total"], 0, "{view}");
+    let out = ctl(&f.world, f.node(0), &["queue", "--fleet"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("node-b") && l.contains("stopped")),
+        "{text}"
+    );
     z.kill();
 }
 

@@ -304,6 +304,7 @@ async fn fleet(control: &Arc<Control>) -> Api {
                 "heartbeat_age_seconds": (now - n.heartbeat).max(0),
                 "sessions": n.sessions,
                 "queue": n.queue,
+                "stopped": n.stopped.map(rfc3339),
             })
         })
         .collect();

@@ -46,17 +46,31 @@ impl Control {
     }
 }
 
-/// Publishes this node's figures every [`HEARTBEAT`] until `stop`.
-/// `admin` is the admin API's bound address, shown in the fleet view.
+/// How long a stopping node tries to say so (it delays the drain).
+const LAST_WORD: Duration = Duration::from_secs(1);
+
+/// Publishes this node's figures every [`HEARTBEAT`] until `stop`, then
+/// once more as stopped: the fleet view says so, and changes made
+/// elsewhere do not wait for this node's answer. `admin` is the admin
+/// API's bound address, shown in the fleet view.
 pub async fn heartbeat(control: Arc<Control>, admin: Option<SocketAddr>, stop: CancellationToken) {
     let started = now_unix();
     loop {
         let report = report(&control, admin, started).await;
         control.ctx().router.store().publish_node(report);
         tokio::select! {
-            _ = stop.cancelled() => return,
+            _ = stop.cancelled() => break,
             _ = tokio::time::sleep(HEARTBEAT) => {}
         }
+    }
+    // Stopped: no new sessions, and the open ones are being closed.
+    let mut last = report(&control, admin, started).await;
+    last.sessions = json!({ "total": 0, "by_route": {} });
+    last.stopped = Some(now_unix());
+    let store = control.ctx().router.store().clone();
+    let said = tokio::task::spawn_blocking(move || store.publish_last(last, LAST_WORD)).await;
+    if let Ok(Err(e)) = said {
+        tracing::debug!(error = %e, "fleet: the stop was not published");
     }
 }
 
@@ -97,5 +111,6 @@ async fn report(control: &Control, admin: Option<SocketAddr>, started: i64) -> N
         heartbeat: now,
         sessions: json!({ "total": sessions.len(), "by_route": by_route }),
         queue,
+        stopped: None,
     }
 }

@@ -231,6 +231,9 @@ struct Node {
     /// Figures, `null` (no inbound listener) or `{"error": …}`.
     #[serde(default)]
     queue: serde_json::Value,
+    /// When it stopped cleanly (RFC 3339), if it did.
+    #[serde(default)]
+    stopped: Option<String>,
 }
 
 /// One row per node: its sessions and spool, and how old the figures are;
@@ -259,7 +262,11 @@ fn fleet(f: &Fleet) -> String {
         t.row(vec![
             n.node.clone(),
             or_dash(&n.admin),
-            format!("{} ago", duration(n.heartbeat_age_seconds)),
+            // A stopped node's last heartbeat is its stop.
+            match n.stopped {
+                Some(_) => format!("stopped {} ago", duration(n.heartbeat_age_seconds)),
+                None => format!("{} ago", duration(n.heartbeat_age_seconds)),
+            },
             s.to_string(),
             q.map(|q| q.messages.to_string())
                 .or(unread)
@@ -660,18 +667,20 @@ mod tests {
             {"node":"mx1","admin":"127.0.0.1:8025","heartbeat_age_seconds":2,"sessions":{"total":3},
              "queue":{"messages":2,"bytes":2048,"held":0,"oldest_age_seconds":60}},
             {"node":"mx2","admin":null,"heartbeat_age_seconds":40,"sessions":{"total":1},"queue":null},
-            {"node":"mx3","admin":null,"heartbeat_age_seconds":3,"sessions":{"total":0},"queue":{"error":"spool: disk gone"}}],
+            {"node":"mx3","admin":null,"heartbeat_age_seconds":3,"sessions":{"total":0},"queue":{"error":"spool: disk gone"}},
+            {"node":"mx4","admin":null,"heartbeat_age_seconds":70,"sessions":{"total":0},"queue":null,"stopped":"2026-04-01T10:00:00Z"}],
             "total":{"messages":2,"bytes":2048,"held":0,"oldest":"2026-04-01T10:00:00Z","oldest_age_seconds":62},
             "domains":[{"domain":"pec.example","messages":2,"bytes":2048,"held":0,"oldest":"2026-04-01T10:00:00Z","oldest_age_seconds":62}]}"#;
         let text = render(QueueView::Fleet, body).unwrap();
-        let want = "NODE  ADMIN           HEARTBEAT  SESSIONS  MESSAGES                      BYTES    HELD  OLDEST\n\
-                    mx1   127.0.0.1:8025  2s ago     3         2                             2.0 KiB  0     1m 0s\n\
-                    mx2   -               40s ago    1         -                             -        -     -\n\
-                    mx3   -               3s ago     0         unreadable: spool: disk gone  -        -     -\n\n\
+        let want = "NODE  ADMIN           HEARTBEAT           SESSIONS  MESSAGES                      BYTES    HELD  OLDEST\n\
+                    mx1   127.0.0.1:8025  2s ago              3         2                             2.0 KiB  0     1m 0s\n\
+                    mx2   -               40s ago             1         -                             -        -     -\n\
+                    mx3   -               3s ago              0         unreadable: spool: disk gone  -        -     -\n\
+                    mx4   -               stopped 1m 10s ago  0         -                             -        -     -\n\n\
                     DOMAIN       MESSAGES  BYTES    HELD  OLDEST\n\
                     pec.example  2         2.0 KiB  0     2026-04-01T10:00:00Z (1m 2s ago)\n\n\
                     total: 2 messages, 2.0 KiB, 0 held, oldest waiting 1m 2s\n\
-                    fleet: 3 nodes, 4 sessions, 2 spooled messages\n";
+                    fleet: 4 nodes, 4 sessions, 2 spooled messages\n";
         assert_eq!(text, want, "\n{text}");
     }
 

@@ -189,6 +189,11 @@ pub struct NodeReport {
     /// The spool's totals and per recipient domain (`null` without an
     /// inbound listener; `{"error": …}` when the spool could not be read).
     pub queue: Value,
+    /// Unix seconds: the node stopped cleanly then (its last publication;
+    /// no sessions, and not expected to answer changes). `None`: running,
+    /// or it vanished without a word.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped: Option<i64>,
 }
 
 #[cfg(test)]

@@ -225,6 +225,15 @@ pub trait StateStore: Send + Sync {
     /// Publishes this node's figures for the fleet view (fleet stores
     /// only; never waits on the network).
     fn publish_node(&self, _report: super::fleet::NodeReport) {}
+    /// Publishes this node's last figures at a clean stop, after any
+    /// publication under way, waiting up to `within`.
+    fn publish_last(
+        &self,
+        _report: super::fleet::NodeReport,
+        _within: std::time::Duration,
+    ) -> Result<(), StoreError> {
+        Ok(())
+    }
     /// Waits up to `within` for the other live nodes' answers to a change
     /// this node announced (the sessions each closed); `None` outside a
     /// fleet, or if the store cannot say.

@@ -435,7 +435,12 @@ fn fleet(nodes: &Result<Vec<NodeReport>, String>, now: i64, this: &str) -> Strin
         if n.node == this {
             name.push_str(" <span class=\"muted\">(this node)</span>");
         }
-        let heartbeat = if age > stale {
+        let heartbeat = if let Some(at) = n.stopped {
+            format!(
+                "<span class=\"muted\">stopped {} ago</span>",
+                duration((now - at).max(0))
+            )
+        } else if age > stale {
             format!("<span class=\"bad\">{} ago: silent</span>", duration(age))
         } else {
             format!("{} ago", duration(age))
@@ -680,11 +685,12 @@ mod tests {
             heartbeat,
             sessions: json!({"total": 1234, "by_route": {"legacy": 1234}}),
             queue,
+            stopped: None,
         }
     }
 
     #[test]
-    fn the_fleet_lists_each_node_and_marks_the_silent_ones() {
+    fn the_fleet_lists_each_node_and_marks_the_silent_and_stopped_ones() {
         let now = 1_796_630_400;
         let nodes = vec![
             node(
@@ -694,6 +700,10 @@ mod tests {
             ),
             node("mx-<b>", now - 600, Value::Null),
             node("mx-c", now - 1, json!({"error": "spool: <gone>"})),
+            NodeReport {
+                stopped: Some(now - 90),
+                ..node("mx-d", now - 90, Value::Null)
+            },
         ];
         let html = fleet(&Ok(nodes), now, "mx-a");
         assert!(
@@ -705,6 +715,9 @@ mod tests {
         assert!(html.contains(">7 (2 held)<"), "{html}");
         assert!(html.contains("mx-&lt;b&gt;"), "{html}");
         assert!(html.contains("10 min ago: silent"), "{html}");
+        // Stopped cleanly: said so, not flagged as silent.
+        assert!(html.contains(">stopped 1 min ago<"), "{html}");
+        assert_eq!(html.matches("silent").count(), 1, "{html}");
         assert!(html.contains("no inbound listener"), "{html}");
         assert!(
             html.contains("spool unreadable: spool: &lt;gone&gt;"),

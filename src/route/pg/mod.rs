@@ -548,6 +548,29 @@ impl StateStore for PgStore {
         });
     }
 
+    fn publish_last(&self, report: NodeReport, within: Duration) -> Result<(), StoreError> {
+        let since = Instant::now();
+        // After the publication under way, which would otherwise land
+        // later and undo this one.
+        while self.inner.publishing.swap(true, Ordering::AcqRel) {
+            if since.elapsed() >= within {
+                return Err(self
+                    .inner
+                    .unavailable("a heartbeat publication still under way"));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let inner = self.inner.clone();
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.handle.spawn(async move {
+            let done = schema::publish(&inner, &report).await;
+            inner.publishing.store(false, Ordering::Release);
+            let _ = tx.send(done);
+        });
+        rx.recv_timeout(within.saturating_sub(since.elapsed()))
+            .unwrap_or_else(|_| Err(self.inner.unavailable("no answer in time")))
+    }
+
     fn confirmations(&self, announced: Announced, within: Duration) -> Option<Confirmed> {
         let inner = self.inner.clone();
         self.call(async move { Ok(inner.confirmations(announced, within).await) })

@@ -360,7 +360,16 @@ pub(super) async fn dump(inner: &Inner) -> Result<Dump, StoreError> {
 
 /// Writes this node's figures into its `nodes` row. The heartbeat is the
 /// database's time, so that its age is one clock's (nodes' clocks differ).
+/// Where a clean stop is kept: a `stopped` key in the `sessions` column
+/// (no new column: a schema version older nodes do not know would stop
+/// them from starting during a rolling upgrade; they ignore the key).
+const STOPPED: &str = "stopped";
+
 pub(super) async fn publish(inner: &Inner, r: &NodeReport) -> Result<(), StoreError> {
+    let mut sessions = r.sessions.clone();
+    if let (Some(at), Some(map)) = (r.stopped, sessions.as_object_mut()) {
+        map.insert(STOPPED.into(), at.into());
+    }
     let c = inner.client().await?;
     c.execute(
         "INSERT INTO nodes (name, admin, started, heartbeat, sessions, queue)
@@ -371,7 +380,7 @@ pub(super) async fn publish(inner: &Inner, r: &NodeReport) -> Result<(), StoreEr
             &r.node,
             &r.admin,
             &r.started,
-            &r.sessions.to_string(),
+            &sessions.to_string(),
             &r.queue.to_string(),
         ],
     )
@@ -382,13 +391,14 @@ pub(super) async fn publish(inner: &Inner, r: &NodeReport) -> Result<(), StoreEr
 
 /// Every node's last published figures, by name. The heartbeat's time is
 /// given on this node's clock: its age by the database's.
-/// The names of the nodes that published figures in the last
+/// The names of the running nodes that published figures in the last
 /// [`LIVE`](crate::route::fleet::LIVE) seconds (by PostgreSQL's clock).
 pub(super) async fn live_nodes(inner: &Inner) -> Result<Vec<String>, StoreError> {
     let c = inner.client().await?;
     let rows = c
         .query(
-            "SELECT name FROM nodes WHERE extract(epoch FROM now())::bigint - heartbeat <= $1",
+            "SELECT name FROM nodes
+             WHERE extract(epoch FROM now())::bigint - heartbeat <= $1 AND sessions->'stopped' IS NULL",
             &[&crate::route::fleet::LIVE],
         )
         .await
@@ -412,13 +422,19 @@ pub(super) async fn nodes(inner: &Inner) -> Result<Vec<NodeReport>, StoreError> 
         .iter()
         .map(|r| {
             let json = |i| serde_json::from_str(r.get(i)).unwrap_or(serde_json::Value::Null);
+            let mut sessions = json(4);
+            let stopped = sessions
+                .as_object_mut()
+                .and_then(|m| m.remove(STOPPED))
+                .and_then(|v| v.as_i64());
             NodeReport {
                 node: r.get(0),
                 admin: r.get(1),
                 started: r.get(2),
                 heartbeat: now - r.get::<_, i64>(3).max(0),
-                sessions: json(4),
+                sessions,
                 queue: json(5),
+                stopped,
             }
         })
         .collect())
