@@ -48,11 +48,14 @@ impl Entry {
         self.reason.lock().map(|r| r.clone()).unwrap_or(None)
     }
 
-    fn kick(&self, reason: &str) {
-        if let Ok(mut r) = self.reason.lock() {
-            r.get_or_insert_with(|| reason.to_string());
-        }
+    /// Tells the session to close; false if it was told already (it stays
+    /// listed until it is gone, and must not be counted twice).
+    fn kick(&self, reason: &str) -> bool {
+        let mut r = self.reason.lock().unwrap_or_else(|p| p.into_inner());
+        let fresh = !self.kick.is_cancelled();
+        r.get_or_insert_with(|| reason.to_string());
         self.kick.cancel();
+        fresh
     }
 }
 
@@ -134,23 +137,20 @@ impl Registry {
         self.kick_where(|e| e.domain == domain, reason)
     }
 
-    /// Closes one session by id; returns 1 if it was open.
+    /// Closes one session by id; returns 1 if it was open and not being
+    /// closed already.
     pub fn kick_id(&self, id: u64, reason: &str) -> usize {
-        match self.sessions.get(&id) {
-            Some(e) => {
-                e.value().kick(reason);
-                1
-            }
-            None => 0,
-        }
+        self.sessions
+            .get(&id)
+            .map_or(0, |e| usize::from(e.value().kick(reason)))
     }
 
-    /// Closes every session matching `pred`; returns how many.
+    /// Closes every session matching `pred`; returns how many were not
+    /// being closed already.
     pub fn kick_where(&self, pred: impl Fn(&Entry) -> bool, reason: &str) -> usize {
         let mut n = 0;
         for e in self.sessions.iter() {
-            if pred(e.value()) {
-                e.value().kick(reason);
+            if pred(e.value()) && e.value().kick(reason) {
                 n += 1;
             }
         }
@@ -196,6 +196,10 @@ mod tests {
         let b = r.register(info("b@y.example"));
         assert_eq!(r.kick_domain("x.example", "moved"), 1);
         a.entry.kicked().await;
+        assert_eq!(a.entry.reason().as_deref(), Some("moved"));
+        // Still listed while it closes: not closed, nor counted, twice.
+        assert_eq!(r.kick_mailbox("a@x.example", "again"), 0);
+        assert_eq!(r.kick_id(a.entry.id, "again"), 0);
         assert_eq!(a.entry.reason().as_deref(), Some("moved"));
         assert!(!b.entry.kick_token().is_cancelled());
         drop(a);

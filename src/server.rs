@@ -316,13 +316,17 @@ impl Server {
         running
             .accept_loops
             .spawn(scheduler::run(control.clone(), shutdown.clone()));
-        running
-            .accept_loops
-            .spawn(fleet_events(control.clone(), events, shutdown.clone()));
-        if current.load().router.store().status().kind != "embedded" {
+        // Other nodes' changes are applied until this node's sessions are
+        // gone (a flip elsewhere still closes a draining session).
+        let answering = CancellationToken::new();
+        let fleet_events = tokio::spawn(fleet_events(control.clone(), events, answering.clone()));
+        let fleet = current.load().router.store().status().kind != "embedded";
+        let started = crate::route::now_unix();
+        if fleet {
             running.accept_loops.spawn(crate::control::fleet::heartbeat(
                 control.clone(),
                 admin_addr,
+                started,
                 shutdown.clone(),
             ));
         }
@@ -346,6 +350,11 @@ impl Server {
             }
         }
         running.drain().await;
+        if fleet {
+            crate::control::fleet::farewell(&control, admin_addr, started).await;
+        }
+        answering.cancel();
+        let _ = fleet_events.await;
         Ok(())
     }
 }

@@ -338,9 +338,30 @@ fn a_change_answers_with_every_nodes_closed_sessions_and_names_a_silent_node() {
         "{body}"
     );
     wait_bye(&mut on_b, Instant::now(), WITHIN);
+    // A change of several payloads (an import of three mailboxes) is
+    // answered once per node, with the sum (node Z answers again).
+    let mut alice_b = idling(f.node(1), ALICE.address, alice);
+    let mut bob_b = idling(f.node(1), BOB.address, BOB.legacy_password.unwrap());
+    let csv = format!(
+        "{},legacy\n{},migrated\n{},blackout\n",
+        ALICE.address, BOB.address, DAVE.address
+    );
+    let (code, body) = f
+        .api(0)
+        .call("POST", "/api/import", Some(("text/csv", &csv)));
+    assert_eq!(code, 200, "{body}");
+    println!("import answer: {body}");
+    assert_eq!(
+        body["fleet"],
+        json!({ "here": 0, "nodes": { "node-b": 2, "node-z": 0 }, "silent": [] }),
+        "{body}"
+    );
+    for c in [&mut alice_b, &mut bob_b] {
+        wait_bye(c, Instant::now(), WITHIN);
+    }
     // Node B stopped cleanly: it says so, and is no longer waited for.
     f.nodes[1].take().expect("node B").stop();
-    let (code, body) = set_mailbox(&f.api(0), BOB.address, "migrated");
+    let (code, body) = set_mailbox(&f.api(0), BOB.address, "legacy");
     assert_eq!(code, 200, "{body}");
     assert_eq!(
         body["fleet"],

@@ -46,26 +46,33 @@ impl Control {
     }
 }
 
-/// How long a stopping node tries to say so (it delays the drain).
+/// How long a stopped node tries to say so.
 const LAST_WORD: Duration = Duration::from_secs(1);
 
-/// Publishes this node's figures every [`HEARTBEAT`] until `stop`, then
-/// once more as stopped: the fleet view says so, and changes made
-/// elsewhere do not wait for this node's answer. `admin` is the admin
-/// API's bound address, shown in the fleet view.
-pub async fn heartbeat(control: Arc<Control>, admin: Option<SocketAddr>, stop: CancellationToken) {
-    let started = now_unix();
+/// Publishes this node's figures every [`HEARTBEAT`] until `stop`.
+/// `admin` is the admin API's bound address, shown in the fleet view;
+/// `started`, when this node started (Unix seconds).
+pub async fn heartbeat(
+    control: Arc<Control>,
+    admin: Option<SocketAddr>,
+    started: i64,
+    stop: CancellationToken,
+) {
     loop {
         let report = report(&control, admin, started).await;
         control.ctx().router.store().publish_node(report);
         tokio::select! {
-            _ = stop.cancelled() => break,
+            _ = stop.cancelled() => return,
             _ = tokio::time::sleep(HEARTBEAT) => {}
         }
     }
-    // Stopped: no new sessions, and the open ones are being closed.
-    let mut last = report(&control, admin, started).await;
-    last.sessions = json!({ "total": 0, "by_route": {} });
+}
+
+/// Publishes this node's last figures once its sessions are gone, as
+/// stopped: the fleet view says so, and changes made elsewhere no longer
+/// wait for this node's answer.
+pub async fn farewell(control: &Control, admin: Option<SocketAddr>, started: i64) {
+    let mut last = report(control, admin, started).await;
     last.stopped = Some(now_unix());
     let store = control.ctx().router.store().clone();
     let said = tokio::task::spawn_blocking(move || store.publish_last(last, LAST_WORD)).await;

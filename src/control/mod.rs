@@ -476,8 +476,8 @@ impl Control {
     /// other nodes say they closed (waiting up to [`CONFIRM_WITHIN`]).
     fn confirmed(&self, here: usize, applied: &Applied) -> Closed {
         let store = self.ctx().router.store().clone();
-        let fleet = match applied.announced {
-            Some(a) => store.confirmations(a, CONFIRM_WITHIN),
+        let fleet = match &applied.announced {
+            Some(a) => Some(store.confirmations(a, CONFIRM_WITHIN)),
             // A fleet change that told nobody (nothing changed).
             None if store.status().kind != "embedded" => Some(Confirmed::default()),
             None => None,

@@ -72,9 +72,12 @@ pub struct Payload {
     #[serde(default)]
     pub instance: String,
     /// The change's number at the writing instance (0: no answer wanted):
-    /// every other node answers each payload with an [`Ack`].
+    /// every other node answers the change, once, with an [`Ack`].
     #[serde(default)]
     pub change: u64,
+    /// How many payloads the change has (a node answers after the last).
+    #[serde(default)]
+    pub payloads: usize,
     pub event: Event,
 }
 
@@ -88,7 +91,7 @@ impl Payload {
     }
 }
 
-/// A node's answer to one payload of another node's change.
+/// A node's answer to another node's change (all its payloads).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ack {
     /// The writing instance, which collects the answers.
@@ -110,12 +113,15 @@ impl Ack {
     }
 }
 
-/// A change this node wrote and announced to the others: its number and
-/// how many payloads each node answers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A change this node wrote and announced to the others: its number, how
+/// many payloads it has, and the nodes expected to answer (running, with
+/// a heartbeat in the last [`LIVE`] seconds, answering changes: nodes of
+/// an older version do not), as the change's transaction saw them.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Announced {
     pub change: u64,
     pub events: usize,
+    pub expected: Vec<String>,
 }
 
 /// How the other nodes of a fleet answered one change.
@@ -125,7 +131,7 @@ pub struct Confirmed {
     /// notification came back to it before the writer re-routed.
     #[serde(skip)]
     pub also_here: usize,
-    /// Each node that answered every payload, with the sessions it closed.
+    /// Each node that answered, with the sessions it closed.
     pub nodes: BTreeMap<String, usize>,
     /// Live nodes (a heartbeat in the last [`LIVE`] seconds) that did not
     /// answer in time: cut off from PostgreSQL, or slow.
@@ -215,6 +221,7 @@ mod tests {
                 node: "n1".into(),
                 instance: "1-2".into(),
                 change: 7,
+                payloads: 4,
                 event,
             };
             assert_eq!(Payload::decode(&p.encode()), Some(p));

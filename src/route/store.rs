@@ -234,15 +234,18 @@ pub trait StateStore: Send + Sync {
     ) -> Result<(), StoreError> {
         Ok(())
     }
-    /// Waits up to `within` for the other live nodes' answers to a change
-    /// this node announced (the sessions each closed); `None` outside a
-    /// fleet, or if the store cannot say.
+    /// Waits up to `within` for the other nodes' answers to a change this
+    /// node announced (the sessions each closed). Only fleet stores
+    /// announce changes.
     fn confirmations(
         &self,
-        _announced: super::fleet::Announced,
+        announced: &super::fleet::Announced,
         _within: std::time::Duration,
-    ) -> Option<super::fleet::Confirmed> {
-        None
+    ) -> super::fleet::Confirmed {
+        super::fleet::Confirmed {
+            silent: announced.expected.clone(),
+            ..Default::default()
+        }
     }
     /// Every node's last published figures; `None` outside a fleet.
     fn fleet(&self) -> Result<Option<Vec<super::fleet::NodeReport>>, StoreError> {

@@ -389,7 +389,7 @@ pub(super) fn sessions_moved(
 /// other nodes close theirs as the change reaches them.
 pub(super) fn fleet_note(ctx: &crate::server::Ctx) -> &'static str {
     if ctx.config.state.url.is_some() {
-        " (Sessions on this node; every other node of the fleet closes its own, and the outcome counts them all.)"
+        " (Sessions on this node; every other node of the fleet closes its own, and the outcome counts those that answer within a second.)"
     } else {
         ""
     }

@@ -435,11 +435,10 @@ fn fleet(nodes: &Result<Vec<NodeReport>, String>, now: i64, this: &str) -> Strin
         if n.node == this {
             name.push_str(" <span class=\"muted\">(this node)</span>");
         }
-        let heartbeat = if let Some(at) = n.stopped {
-            format!(
-                "<span class=\"muted\">stopped {} ago</span>",
-                duration((now - at).max(0))
-            )
+        // A stopped node's last heartbeat is its stop (aged by the
+        // database's clock, as the others).
+        let heartbeat = if n.stopped.is_some() {
+            format!("<span class=\"muted\">stopped {} ago</span>", duration(age))
         } else if age > stale {
             format!("<span class=\"bad\">{} ago: silent</span>", duration(age))
         } else {

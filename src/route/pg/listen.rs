@@ -6,10 +6,12 @@
 //! backoff, reloads everything (changes made meanwhile are caught up) and
 //! calls the hook with `All`.
 //!
-//! Each node answers every numbered payload of another node's change
-//! with an [`Ack`] (the sessions it closed), on the same connection; the
-//! writer collects the answers to its own changes here too.
+//! Each node answers another node's numbered change, after its last
+//! payload, with an [`Ack`] (the sessions it closed), on the same
+//! connection; the writer collects the answers to its own changes as they
+//! arrive, not behind the notifications queued for this node to apply.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,6 +24,13 @@ use crate::route::fleet::{Ack, Event, Payload, ACK_CHANNEL, CHANNEL};
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// Changes whose later payloads are awaited before answering; more means
+/// payloads were lost (they are not, within one connection): start over.
+const MAX_OPEN_CHANGES: usize = 1000;
+
+/// Per writing instance and change: payloads seen and sessions closed so
+/// far (`None`: a payload's count is unknown), until the last one.
+type Open = HashMap<(String, u64), (usize, Option<usize>)>;
 
 /// Runs until the store is dropped.
 pub(super) async fn run(inner: Arc<Inner>) {
@@ -53,17 +62,23 @@ pub(super) async fn run(inner: Arc<Inner>) {
 }
 
 /// One LISTEN connection, from connect to loss.
-async fn session(inner: &Inner, reconnect: bool) -> Result<(), String> {
+async fn session(inner: &Arc<Inner>, reconnect: bool) -> Result<(), String> {
     let (client, mut conn) = inner.pg.connect(NoTls).await.map_err(|e| error_text(&e))?;
     let (tx, mut rx) = mpsc::unbounded_channel();
-    // The connection is driven here; notifications go to the channel,
-    // which closes when the connection ends.
+    // The connection is driven here; answers are recorded at once, changes
+    // go to the channel, which closes when the connection ends.
+    let answers = inner.clone();
     let driver = tokio::spawn(async move {
         loop {
             match std::future::poll_fn(|cx| conn.poll_message(cx)).await {
+                Some(Ok(AsyncMessage::Notification(n))) if n.channel() == ACK_CHANNEL => {
+                    match Ack::decode(n.payload()) {
+                        Some(a) => answers.record(a),
+                        None => warn!(payload = n.payload(), "state store: unknown answer ignored"),
+                    }
+                }
                 Some(Ok(AsyncMessage::Notification(n))) => {
-                    let ack = n.channel() == ACK_CHANNEL;
-                    if tx.send((ack, n.payload().to_string())).is_err() {
+                    if tx.send(n.payload().to_string()).is_err() {
                         return None;
                     }
                 }
@@ -95,16 +110,10 @@ async fn session(inner: &Inner, reconnect: bool) -> Result<(), String> {
     // Also the first time: a change between the store's opening load and
     // this one may concern sessions accepted meanwhile.
     inner.fire(&Event::All).await;
-    while let Some((ack, payload)) = rx.recv().await {
-        if ack {
-            match Ack::decode(&payload) {
-                Some(a) => inner.record(a),
-                None => warn!(payload, "state store: unknown answer ignored"),
-            }
-            continue;
-        }
+    let mut open = Open::new();
+    while let Some(payload) = rx.recv().await {
         metrics::counter!("ponte_state_store_notifications_total").increment(1);
-        if let Err(e) = handle(inner, &client, &payload).await {
+        if let Err(e) = handle(inner, &client, &payload, &mut open).await {
             // Start over: the reconnect reloads everything and re-routes.
             driver.abort();
             return Err(e);
@@ -119,13 +128,14 @@ async fn session(inner: &Inner, reconnect: bool) -> Result<(), String> {
 
 /// Reloads what a notification names, on the LISTEN connection itself
 /// (known to be up: no pool connection to set up on the way), calls the
-/// hook and answers the writer. An error means the snapshot may be
-/// behind: the caller drops the connection and starts over with a full
-/// reload.
+/// hook and, after a change's last payload, answers its writer. An error
+/// means the snapshot may be behind: the caller drops the connection and
+/// starts over with a full reload.
 async fn handle(
     inner: &Inner,
     client: &tokio_postgres::Client,
     payload: &str,
+    open: &mut Open,
 ) -> Result<(), String> {
     let Some(p) = Payload::decode(payload) else {
         warn!(payload, "state store: unknown notification ignored");
@@ -156,20 +166,39 @@ async fn handle(
         inner.record_own(p.change, kicked.unwrap_or(0));
         return Ok(());
     }
-    // Not counted in time: no answer, the writer reports this node as
-    // silent rather than a wrong count.
-    let Some(kicked) = kicked.filter(|_| p.change != 0) else {
+    if p.change == 0 {
+        return Ok(());
+    }
+    let key = (p.instance, p.change);
+    let seen = open.entry(key.clone()).or_insert((0, Some(0)));
+    seen.0 += 1;
+    seen.1 = seen.1.zip(kicked).map(|(a, b)| a.saturating_add(b));
+    if seen.0 < p.payloads.max(1) {
+        if open.len() > MAX_OPEN_CHANGES {
+            return Err("too many changes awaiting their last payload".into());
+        }
+        return Ok(());
+    }
+    let Some((_, kicked)) = open.remove(&key) else {
+        return Ok(());
+    };
+    // Not counted in time: no answer, and the writer reports this node as
+    // silent rather than with a wrong count.
+    let Some(kicked) = kicked else {
         return Ok(());
     };
     let ack = Ack {
-        to: p.instance,
-        change: p.change,
+        to: key.0,
+        change: key.1,
         node: inner.node.clone(),
         kicked,
     };
-    client
+    // Best effort: the change is applied here either way.
+    if let Err(e) = client
         .execute("SELECT pg_notify($1, $2)", &[&ACK_CHANNEL, &ack.encode()])
         .await
-        .map_err(|e| error_text(&e))?;
+    {
+        warn!(error = %error_text(&e), "state store: answer to a change not sent");
+    }
     Ok(())
 }

@@ -93,10 +93,11 @@ pub(crate) struct Inner {
 /// The answers to one change so far.
 struct Pending {
     since: Instant,
-    /// Per node: payloads answered and sessions closed.
-    by: BTreeMap<String, (usize, usize)>,
-    /// The same for this node's own listener, which gets the change's
-    /// notifications too and may close sessions before the writer does.
+    /// Per node: sessions closed.
+    by: BTreeMap<String, usize>,
+    /// This node's own listener, which gets the change's notifications
+    /// too and may close sessions before the writer does: payloads seen
+    /// and sessions closed.
     own: (usize, usize),
 }
 
@@ -337,12 +338,10 @@ impl Inner {
         metrics::gauge!("ponte_state_store_last_sync_timestamp_seconds").set(now as f64);
     }
 
-    /// Calls the hook; the sessions it closed (`None`: not said in time).
+    /// Calls the hook; the sessions it closed (`None`: not said in time,
+    /// or no control plane to say it, as in `ponte ctl migrate-store`).
     async fn fire(&self, event: &Event) -> Option<usize> {
-        let hook = self.hook.read().ok().and_then(|h| h.clone());
-        let Some(hook) = hook else {
-            return Some(0);
-        };
+        let hook = self.hook.read().ok().and_then(|h| h.clone())?;
         let (reply, closed) = tokio::sync::oneshot::channel();
         hook(event, reply);
         tokio::time::timeout(APPLIED_WITHIN, closed)
@@ -386,27 +385,27 @@ impl Inner {
     fn count(&self, change: u64, node: Option<String>, kicked: usize) {
         if let Ok(mut p) = self.pending.lock() {
             if let Some(pending) = p.get_mut(&change) {
-                let e = match node {
-                    Some(n) => pending.by.entry(n).or_default(),
-                    None => &mut pending.own,
-                };
                 // Saturating: any role that may NOTIFY can send an answer.
-                e.0 = e.0.saturating_add(1);
-                e.1 = e.1.saturating_add(kicked);
+                match node {
+                    Some(n) => {
+                        let e = pending.by.entry(n).or_default();
+                        *e = e.saturating_add(kicked);
+                    }
+                    None => {
+                        pending.own.0 += 1;
+                        pending.own.1 = pending.own.1.saturating_add(kicked);
+                    }
+                }
             }
         }
         self.answered.notify_waiters();
     }
 
-    /// Waits until every live node, and this node's own listener,
-    /// answered every payload of `a`, or `within` passed; what came by
+    /// Waits until every expected node answered `a`, and this node's own
+    /// listener saw all its payloads, or `within` passed; what came by
     /// then.
-    async fn confirmations(&self, a: Announced, within: Duration) -> Confirmed {
+    async fn confirmations(&self, a: &Announced, within: Duration) -> Confirmed {
         let deadline = tokio::time::Instant::now() + within;
-        // The nodes expected to answer; if they cannot be read, whoever
-        // answers within the bound.
-        let live = schema::live_nodes(self).await.unwrap_or_default();
-        let expected: Vec<String> = live.into_iter().filter(|n| *n != self.node).collect();
         loop {
             let woken = self.answered.notified();
             tokio::pin!(woken);
@@ -414,36 +413,31 @@ impl Inner {
             let done = self.pending.lock().map_or(true, |p| {
                 p.get(&a.change).is_none_or(|pending| {
                     pending.own.0 >= a.events
-                        && expected
-                            .iter()
-                            .all(|n| pending.by.get(n).is_some_and(|e| e.0 >= a.events))
+                        && a.expected.iter().all(|n| pending.by.contains_key(n))
                 })
             });
             if done || tokio::time::timeout_at(deadline, woken).await.is_err() {
                 break;
             }
         }
-        let (by, own) = self
+        let (nodes, own) = self
             .pending
             .lock()
             .ok()
             .and_then(|mut p| p.remove(&a.change))
             .map(|p| (p.by, p.own))
             .unwrap_or_default();
-        let mut confirmed = Confirmed {
-            also_here: own.1,
-            ..Confirmed::default()
-        };
-        for (node, (answers, kicked)) in by {
-            if answers >= a.events {
-                confirmed.nodes.insert(node, kicked);
-            }
-        }
-        confirmed.silent = expected
-            .into_iter()
-            .filter(|n| !confirmed.nodes.contains_key(n))
+        let silent = a
+            .expected
+            .iter()
+            .filter(|n| !nodes.contains_key(*n))
+            .cloned()
             .collect();
-        confirmed
+        Confirmed {
+            also_here: own.1,
+            nodes,
+            silent,
+        }
     }
 }
 
@@ -571,10 +565,13 @@ impl StateStore for PgStore {
             .unwrap_or_else(|_| Err(self.inner.unavailable("no answer in time")))
     }
 
-    fn confirmations(&self, announced: Announced, within: Duration) -> Option<Confirmed> {
-        let inner = self.inner.clone();
-        self.call(async move { Ok(inner.confirmations(announced, within).await) })
-            .ok()
+    fn confirmations(&self, announced: &Announced, within: Duration) -> Confirmed {
+        let (inner, a) = (self.inner.clone(), announced.clone());
+        self.call(async move { Ok(inner.confirmations(&a, within).await) })
+            .unwrap_or_else(|_| Confirmed {
+                silent: announced.expected.clone(),
+                ..Confirmed::default()
+            })
     }
 
     fn fleet(&self) -> Result<Option<Vec<NodeReport>>, StoreError> {

@@ -358,17 +358,24 @@ pub(super) async fn dump(inner: &Inner) -> Result<Dump, StoreError> {
     })
 }
 
+/// Kept as keys of the `sessions` column rather than new columns (a
+/// schema version older nodes do not know would stop them from starting
+/// during a rolling upgrade; they ignore the keys): `stopped`, when a node
+/// stopped cleanly; `answers`, the node answers changes ([`Ack`]s).
+///
+/// [`Ack`]: crate::route::fleet::Ack
+const STOPPED: &str = "stopped";
+const ANSWERS: &str = "answers";
+
 /// Writes this node's figures into its `nodes` row. The heartbeat is the
 /// database's time, so that its age is one clock's (nodes' clocks differ).
-/// Where a clean stop is kept: a `stopped` key in the `sessions` column
-/// (no new column: a schema version older nodes do not know would stop
-/// them from starting during a rolling upgrade; they ignore the key).
-const STOPPED: &str = "stopped";
-
 pub(super) async fn publish(inner: &Inner, r: &NodeReport) -> Result<(), StoreError> {
     let mut sessions = r.sessions.clone();
-    if let (Some(at), Some(map)) = (r.stopped, sessions.as_object_mut()) {
-        map.insert(STOPPED.into(), at.into());
+    if let Some(map) = sessions.as_object_mut() {
+        map.insert(ANSWERS.into(), true.into());
+        if let Some(at) = r.stopped {
+            map.insert(STOPPED.into(), at.into());
+        }
     }
     let c = inner.client().await?;
     c.execute(
@@ -389,23 +396,27 @@ pub(super) async fn publish(inner: &Inner, r: &NodeReport) -> Result<(), StoreEr
     Ok(())
 }
 
-/// Every node's last published figures, by name. The heartbeat's time is
-/// given on this node's clock: its age by the database's.
-/// The names of the running nodes that published figures in the last
+/// The nodes other than `me` expected to answer a change: running,
+/// answering, with a heartbeat in the last
 /// [`LIVE`](crate::route::fleet::LIVE) seconds (by PostgreSQL's clock).
-pub(super) async fn live_nodes(inner: &Inner) -> Result<Vec<String>, StoreError> {
-    let c = inner.client().await?;
+pub(super) async fn answering_nodes(
+    c: &(impl GenericClient + Sync),
+    me: &str,
+) -> Result<Vec<String>, tokio_postgres::Error> {
     let rows = c
         .query(
             "SELECT name FROM nodes
-             WHERE extract(epoch FROM now())::bigint - heartbeat <= $1 AND sessions->'stopped' IS NULL",
-            &[&crate::route::fleet::LIVE],
+             WHERE extract(epoch FROM now())::bigint - heartbeat <= $1
+               AND sessions -> $2::text IS NULL AND sessions -> $3::text IS NOT NULL
+               AND name <> $4::text",
+            &[&crate::route::fleet::LIVE, &STOPPED, &ANSWERS, &me],
         )
-        .await
-        .map_err(|e| inner.pg_error(e))?;
+        .await?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
+/// Every node's last published figures, by name. The heartbeat's time is
+/// given on this node's clock: its age by the database's.
 pub(super) async fn nodes(inner: &Inner) -> Result<Vec<NodeReport>, StoreError> {
     let c = inner.client().await?;
     let rows = c
@@ -423,10 +434,11 @@ pub(super) async fn nodes(inner: &Inner) -> Result<Vec<NodeReport>, StoreError> 
         .map(|r| {
             let json = |i| serde_json::from_str(r.get(i)).unwrap_or(serde_json::Value::Null);
             let mut sessions = json(4);
-            let stopped = sessions
-                .as_object_mut()
-                .and_then(|m| m.remove(STOPPED))
-                .and_then(|v| v.as_i64());
+            let marks = sessions.as_object_mut();
+            let stopped = marks.and_then(|m| {
+                m.remove(ANSWERS);
+                m.remove(STOPPED)
+            });
             NodeReport {
                 node: r.get(0),
                 admin: r.get(1),
@@ -434,7 +446,7 @@ pub(super) async fn nodes(inner: &Inner) -> Result<Vec<NodeReport>, StoreError> 
                 heartbeat: now - r.get::<_, i64>(3).max(0),
                 sessions,
                 queue: json(5),
-                stopped,
+                stopped: stopped.and_then(|v| v.as_i64()),
             }
         })
         .collect())

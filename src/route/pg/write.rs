@@ -45,11 +45,17 @@ pub(super) async fn apply(
     }
     w.write_audit().await?;
     let events = w.notify().await?;
+    let change = w.change;
     let mut applied = w.applied;
-    applied.announced = (!events.is_empty()).then_some(Announced {
-        change: w.change,
-        events: events.len(),
-    });
+    if !events.is_empty() {
+        applied.announced = Some(Announced {
+            change,
+            events: events.len(),
+            expected: super::schema::answering_nodes(&*tx, &inner.node)
+                .await
+                .map_err(pe)?,
+        });
+    }
     tx.commit().await.map_err(pe)?;
     for e in &events {
         // Committed: a failed refresh is caught up by our own NOTIFY.
@@ -131,7 +137,7 @@ pub(super) async fn restore(inner: &Inner, d: &Dump) -> Result<(), StoreError> {
     )
     .await
     .map_err(pe)?;
-    notify(&tx, inner, 0, &Event::All).await?;
+    notify(&tx, inner, (0, 1), &Event::All).await?;
     tx.commit().await.map_err(pe)?;
     inner.refresh_with(&c, &Event::All).await
 }
@@ -144,17 +150,19 @@ fn subject_columns(s: &Subject) -> (&'static str, &str) {
 }
 
 /// Sends one NOTIFY (delivered at commit); `change`: this instance's
-/// number of the change, for the others' answers (0: none wanted).
+/// number of the change and its count of payloads, for the others'
+/// answers (0: none wanted).
 async fn notify(
     tx: &Transaction<'_>,
     inner: &Inner,
-    change: u64,
+    (change, payloads): (u64, usize),
     event: &Event,
 ) -> Result<(), StoreError> {
     let payload = Payload {
         node: inner.node.clone(),
         instance: inner.instance.clone(),
         change,
+        payloads,
         event: event.clone(),
     }
     .encode();
@@ -280,8 +288,9 @@ impl Writer<'_> {
             self.events.retain(|e| matches!(e, Event::Kick { .. }));
             self.events.push(Event::All);
         }
+        let n = self.events.len();
         for e in &self.events {
-            notify(self.tx, self.inner, self.change, e).await?;
+            notify(self.tx, self.inner, (self.change, n), e).await?;
         }
         Ok(self.events.clone())
     }
