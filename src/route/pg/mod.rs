@@ -80,8 +80,8 @@ pub(crate) struct Inner {
     /// rather than queued (while PostgreSQL hangs they would pile up on
     /// the pool that flips need).
     publishing: AtomicBool,
-    /// This instance's changes are numbered, so the others can answer
-    /// each ([`Ack`]).
+    /// This instance's changes are numbered, so that the others' answers
+    /// ([`Ack`]) name them.
     changes: AtomicU64,
     /// Answers collected per change until its writer has read them.
     pending: Mutex<HashMap<u64, Pending>>,
