@@ -263,10 +263,11 @@ fn fleet(f: &Fleet) -> String {
             n.node.clone(),
             or_dash(&n.admin),
             // A stopped node's last heartbeat is its stop.
-            match n.stopped {
-                Some(_) => format!("stopped {} ago", duration(n.heartbeat_age_seconds)),
-                None => format!("{} ago", duration(n.heartbeat_age_seconds)),
-            },
+            format!(
+                "{}{} ago",
+                if n.stopped.is_some() { "stopped " } else { "" },
+                duration(n.heartbeat_age_seconds)
+            ),
             s.to_string(),
             q.map(|q| q.messages.to_string())
                 .or(unread)

@@ -72,11 +72,7 @@ pub(super) fn or_dash(s: &Option<String>) -> String {
 fn closed(k: &Kicked) -> String {
     let closed = crate::control::Closed {
         here: k.fleet.as_ref().map_or(k.kicked, |f| f.here),
-        fleet: k.fleet.as_ref().map(|f| crate::route::fleet::Confirmed {
-            nodes: f.nodes.clone(),
-            silent: f.silent.clone(),
-            also_here: 0,
-        }),
+        fleet: k.fleet.as_ref().map(|f| f.others.clone()),
     };
     format!("{closed}\n")
 }
@@ -421,10 +417,8 @@ struct Kicked {
 #[derive(Deserialize)]
 struct FleetKicked {
     here: usize,
-    #[serde(default)]
-    nodes: BTreeMap<String, usize>,
-    #[serde(default)]
-    silent: Vec<String>,
+    #[serde(flatten)]
+    others: crate::route::fleet::Confirmed,
 }
 
 #[derive(Deserialize)]

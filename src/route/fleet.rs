@@ -124,17 +124,20 @@ pub struct Announced {
     pub expected: Vec<String>,
 }
 
-/// How the other nodes of a fleet answered one change.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+/// How the other nodes of a fleet answered one change (as the admin API
+/// says it, and `ponte ctl` reads it back).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Confirmed {
     /// Sessions this node's own listener closed when the change's
     /// notification came back to it before the writer re-routed.
     #[serde(skip)]
     pub also_here: usize,
     /// Each node that answered, with the sessions it closed.
+    #[serde(default)]
     pub nodes: BTreeMap<String, usize>,
     /// Live nodes (a heartbeat in the last [`LIVE`] seconds) that did not
     /// answer in time: cut off from PostgreSQL, or slow.
+    #[serde(default)]
     pub silent: Vec<String>,
 }
 

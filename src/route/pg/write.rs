@@ -45,17 +45,7 @@ pub(super) async fn apply(
     }
     w.write_audit().await?;
     let events = w.notify().await?;
-    let change = w.change;
-    let mut applied = w.applied;
-    if !events.is_empty() {
-        applied.announced = Some(Announced {
-            change,
-            events: events.len(),
-            expected: super::schema::answering_nodes(&*tx, &inner.node)
-                .await
-                .map_err(pe)?,
-        });
-    }
+    let applied = w.applied;
     tx.commit().await.map_err(pe)?;
     for e in &events {
         // Committed: a failed refresh is caught up by our own NOTIFY.
@@ -276,7 +266,8 @@ impl Writer<'_> {
         Ok(())
     }
 
-    /// Sends the NOTIFYs (delivered at commit); returns the events.
+    /// Sends the NOTIFYs (delivered at commit) and says whose answers to
+    /// wait for; returns the events.
     async fn notify(&mut self) -> Result<Vec<Event>, StoreError> {
         let mailboxes = self
             .events
@@ -291,6 +282,16 @@ impl Writer<'_> {
         let n = self.events.len();
         for e in &self.events {
             notify(self.tx, self.inner, (self.change, n), e).await?;
+        }
+        if n > 0 {
+            let expected = super::schema::answering_nodes(self.tx, &self.inner.node)
+                .await
+                .map_err(|e| self.pe(e))?;
+            self.applied.announced = Some(Announced {
+                change: self.change,
+                events: n,
+                expected,
+            });
         }
         Ok(self.events.clone())
     }
